@@ -1,0 +1,1 @@
+"""The `tinysub` command line."""

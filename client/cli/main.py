@@ -1,0 +1,52 @@
+"""`tinysub`: the command line. Each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+
+from client.cli import basis, inspect
+from client.cli.common import err_console
+from storage.errors import TinysubError
+
+app = typer.Typer(
+    name="tinysub",
+    help="Intrinsic task subspaces: trajectories, bases, registry and subspace fine-tuning.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(basis.app, name="basis")
+app.command("inspect")(inspect.inspect_cmd)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code. Expected errors become one line on stderr."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="tinysub", standalone_mode=False)
+    except TinysubError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except (FileNotFoundError, PermissionError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        return 2
+    return 0
+
+
+def main() -> None:
+    sys.exit(run())
+
+
+if __name__ == "__main__":
+    main()

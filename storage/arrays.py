@@ -1,0 +1,101 @@
+"""Array conversions shared by the stores: storage dtypes, tensors to numpy, flattening."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from storage.errors import InvalidInput, LayoutMismatch
+from storage.layout import Layout, layout_from_state_dict
+
+# bfloat16 has no numpy dtype: it is stored as its raw upper 16 bits in uint16 chunks.
+STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
+
+
+def check_dtype(dtype: str) -> str:
+    if dtype not in STORAGE_DTYPES:
+        raise InvalidInput(
+            f"storage dtype {dtype!r} is not supported; use one of {sorted(STORAGE_DTYPES)}"
+        )
+    return dtype
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor or array-like as a numpy array (float32 for bfloat16 tensors)."""
+    if hasattr(value, "detach"):
+        value = value.detach()
+        if str(value.dtype) == "torch.bfloat16":
+            value = value.float()
+        return value.cpu().numpy()
+    return np.asarray(value)
+
+
+def encode(values: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values -> the array written to zarr for storage dtype `dtype`."""
+    if dtype == "float32":
+        return np.ascontiguousarray(values, dtype=np.float32)
+    if dtype == "float16":
+        return values.astype(np.float16)
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    # Round to nearest even on the 16 bits that are dropped (NaN is rejected before this).
+    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
+    """The zarr array for storage dtype `dtype` -> float32 values."""
+    if dtype == "bfloat16":
+        return (stored.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    return stored.astype(np.float32, copy=False)
+
+
+def digest(values: np.ndarray) -> str:
+    """sha256 of an array's C-order bytes: the identity of a stored row or layer."""
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(values)).cast("B"))
+    return h.hexdigest()
+
+
+def flatten_state(state: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+    """Flatten a state dict into one float32 vector per layout group, in layout order.
+
+    The state dict may carry another class prefix (`bert.`) than the layout was built from; it
+    must have the same groups, names and shapes, which the layout hash checks.
+    """
+    theirs = layout_from_state_dict(state, layout.rule)
+    layout.check_compatible(theirs, "checkpoint layout")
+    out: dict[str, np.ndarray] = {}
+    for group in theirs.groups:
+        vec = np.empty(group.size, dtype=np.float32)
+        for spec, full in zip(group.params, group.full_names(), strict=True):
+            arr = to_numpy(state[full])
+            vec[spec.offset : spec.offset + spec.numel] = arr.reshape(-1)
+        out[group.name] = vec
+    return out
+
+
+def check_row(vectors: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+    """Validate one row (group -> flat vector): every group present, right size, finite."""
+    missing = [g for g in layout.group_names if g not in vectors]
+    extra = [g for g in vectors if g not in set(layout.group_names)]
+    if missing or extra:
+        raise LayoutMismatch(
+            f"row groups do not match the layout: missing {missing}, unexpected {extra}"
+        )
+    out = {}
+    for group in layout.groups:
+        vec = np.asarray(to_numpy(vectors[group.name]), dtype=np.float32).reshape(-1)
+        if vec.size != group.size:
+            raise LayoutMismatch(
+                f"group {group.name!r} has {vec.size} values; the layout needs {group.size}"
+            )
+        if not np.isfinite(vec).all():
+            bad = int(np.count_nonzero(~np.isfinite(vec)))
+            raise InvalidInput(
+                f"group {group.name!r} has {bad} NaN or Inf values; nothing was written"
+            )
+        out[group.name] = vec
+    return out

@@ -1,0 +1,89 @@
+"""One error hierarchy for the whole system.
+
+Every error tinysub raises on purpose derives from `TinysubError`. Each class also derives from
+the built-in exception a caller would naturally catch (`KeyError` for a missing thing,
+`ValueError` for bad input), and carries a stable `code` string: the registry maps codes to HTTP
+statuses in one table and the client rebuilds the same class from the JSON body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class TinysubError(Exception):
+    """Base of every error tinysub raises on purpose."""
+
+    code = "tinysub_error"
+
+    def __init__(self, message: str, *, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+
+    def __str__(self) -> str:  # KeyError would otherwise print the repr of the message
+        return self.message
+
+
+class NotFound(TinysubError, KeyError):
+    """A task, store, row, layer, basis, version or alias does not exist."""
+
+    code = "not_found"
+
+
+class Conflict(TinysubError):
+    """The request contradicts what is already stored (a row sent twice with other bytes)."""
+
+    code = "conflict"
+
+
+class InvalidInput(TinysubError, ValueError):
+    """The input itself is wrong: shapes, ranks, names, non-finite values."""
+
+    code = "invalid_input"
+
+
+class LayoutMismatch(InvalidInput):
+    """Parameters do not match the layout a store or basis was built for."""
+
+    code = "layout_mismatch"
+
+
+class ReadOnly(TinysubError, PermissionError):
+    """A write was attempted through a read-only handle."""
+
+    code = "read_only"
+
+
+class StorageError(TinysubError, OSError):
+    """The storage backend failed, or returned bytes that fail their checksum."""
+
+    code = "storage_error"
+
+
+class Unauthorized(TinysubError, PermissionError):
+    """No valid credentials were presented."""
+
+    code = "unauthorized"
+
+
+class Forbidden(TinysubError, PermissionError):
+    """Valid credentials without the scope the action needs."""
+
+    code = "forbidden"
+
+
+ERROR_TYPES: dict[str, type[TinysubError]] = {
+    cls.code: cls
+    for cls in (
+        TinysubError,
+        NotFound,
+        Conflict,
+        InvalidInput,
+        LayoutMismatch,
+        ReadOnly,
+        StorageError,
+        Unauthorized,
+        Forbidden,
+    )
+}

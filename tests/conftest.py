@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny layouts and synthetic trajectories with known spectra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from storage.layout import build_layout
+from storage.trajectory import TrajectoryStore
+
+
+@pytest.fixture
+def tiny_layout():
+    return build_layout(
+        [
+            ("encoder.layer.0.attention.weight", (40, 30)),
+            ("encoder.layer.0.attention.bias", (30,)),
+            ("encoder.layer.1.attention.weight", (20, 20)),
+            ("encoder.layer.1.attention.bias", (20,)),
+        ]
+    )
+
+
+def make_trajectory(layout, t: int, seed: int = 0, scale: float = 0.01):
+    """theta0 plus t-1 random-walk checkpoints, one dict of group vectors per row."""
+    rng = np.random.default_rng(seed)
+    theta = {g.name: rng.standard_normal(g.size).astype(np.float32) for g in layout.groups}
+    rows = [dict(theta)]
+    for _ in range(t - 1):
+        theta = {
+            k: (v + scale * rng.standard_normal(v.size)).astype(np.float32)
+            for k, v in theta.items()
+        }
+        rows.append(theta)
+    return rows
+
+
+@pytest.fixture
+def tiny_store(tmp_path, tiny_layout):
+    store = TrajectoryStore.create(
+        tmp_path / "traj", tiny_layout, model_name="tiny", chunk_cols=256
+    )
+    for i, row in enumerate(make_trajectory(tiny_layout, 8)):
+        store.append(row, step=10 * i, epoch=i)
+    return store

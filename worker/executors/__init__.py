@@ -1,0 +1,30 @@
+"""Executors for chunk tasks: `local` (threads, the default), `dask`, `ray`."""
+
+from __future__ import annotations
+
+from worker.executors.base import Executor
+from worker.executors.local import LocalExecutor
+
+EXECUTORS = ("local", "dask", "ray")
+
+
+def make_executor(
+    name: str = "local", address: str | None = None, workers: int | None = None
+) -> Executor:
+    """Build an executor by name; `address` points Dask or Ray at a running cluster."""
+    from storage.errors import InvalidInput
+
+    if name == "local":
+        return LocalExecutor(workers)
+    if name == "dask":
+        from worker.executors.dask import DaskExecutor
+
+        return DaskExecutor(address, workers=workers)
+    if name == "ray":
+        from worker.executors.ray import RayExecutor
+
+        return RayExecutor(address, workers=workers)
+    raise InvalidInput(f"unknown executor {name!r}; use one of {list(EXECUTORS)}")
+
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor"]

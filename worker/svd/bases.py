@@ -1,0 +1,92 @@
+"""The bases users ask for, by name: task, unified, zero-shot and global.
+
+Thin wrappers over `compute_bases` that choose rows and members:
+- task: one trajectory's checkpoints;
+- unified: checkpoints of several tasks (e.g. the last one of each) in one basis;
+- zeroshot: for each task, the unified rows without that task's own rows;
+- global: one basis for the whole encoder, from the sum of the layer Grams.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+
+from storage.errors import InvalidInput
+from storage.trajectory import TrajectoryStore
+from worker.svd.engine import BasisRequest, ComputeReport, compute_bases, make_sources
+
+KINDS = ("task", "unified", "zeroshot", "global")
+
+
+def _join(out: str, name: str) -> str:
+    return os.path.join(out, name) if "://" not in out else f"{out.rstrip('/')}/{name}"
+
+
+def task_basis(
+    store_url: str,
+    out_url: str,
+    k: int,
+    *,
+    mode: str = "delta",
+    selection=None,
+    scope: str = "layer",
+    storage_options: dict | None = None,
+    **kw,
+) -> ComputeReport:
+    """The basis of one task's own trajectory (scope='global' for the whole-encoder one)."""
+    store = TrajectoryStore.open(store_url, storage_options=storage_options)
+    sources = make_sources([store], [selection], mode)
+    kind = "global" if scope == "global" else "task"
+    return compute_bases(
+        sources, [BasisRequest(out_url, k, kind=kind)], mode=mode, scope=scope, **kw
+    )
+
+
+def multitask_bases(
+    stores: Mapping[str, str],
+    out_dir: str,
+    k: int,
+    *,
+    mode: str = "delta",
+    selection="last",
+    unified: bool = True,
+    zeroshot: bool | Sequence[str] = True,
+    storage_options: dict | None = None,
+    **kw,
+) -> ComputeReport:
+    """Unified basis over all tasks and a zero-shot basis per task, from one Gram.
+
+    stores: task label -> trajectory URL. Bases go to out_dir/unified and
+    out_dir/zeroshot-<label>. Two passes over the data in total.
+    """
+    if len(stores) < 2:
+        raise InvalidInput("multi-task bases need at least two tasks")
+    labels = list(stores)
+    opened = [TrajectoryStore.open(stores[lb], storage_options=storage_options) for lb in labels]
+    sources = make_sources(opened, [selection] * len(opened), mode, labels)
+    spans, pos = {}, 0
+    for src in sources:
+        spans[src.label] = list(range(pos, pos + len(src.rows)))
+        pos += len(src.rows)
+    requests = []
+    if unified:
+        requests.append(
+            BasisRequest(_join(out_dir, "unified"), k, None, "unified", {"tasks": labels})
+        )
+    held_out = labels if zeroshot is True else list(zeroshot or [])
+    for lb in held_out:
+        if lb not in spans:
+            raise InvalidInput(f"zero-shot task {lb!r} is not among {labels}")
+        members = [i for i in range(pos) if i not in set(spans[lb])]
+        kk = min(k, len(members)) if mode != "centered" else min(k, len(members) - 1)
+        requests.append(
+            BasisRequest(
+                _join(out_dir, f"zeroshot-{lb}"),
+                max(kk, 1),
+                members,
+                "zeroshot",
+                {"tasks": [x for x in labels if x != lb], "held_out": lb},
+            )
+        )
+    return compute_bases(sources, requests, mode=mode, **kw)

@@ -1,0 +1,344 @@
+"""Bases from trajectory stores: two passes over the data, whatever the number of bases.
+
+Pass 1 computes, per layer group, the float64 Gram of *all* rows that any requested basis uses
+(the rows of several tasks for unified and zero-shot bases). Every basis is then a small
+eigenproblem on a sub-block of that Gram (zero-shot = the unified rows minus one task's), and
+the global basis uses the sum of the layer Grams. Pass 2 reads each column block once and
+writes V for every basis from one product X_c^T [M_1 | M_2 | ...]. N+1 bases over N tasks cost
+two passes, not 2(N+1).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from storage.basis import BasisStore, BasisWriter
+from storage.errors import InvalidInput, LayoutMismatch
+from storage.trajectory import TrajectoryStore
+from worker.executors import Executor, LocalExecutor
+from worker.svd.gram import DEFAULT_RCOND, SmallSolve, check_mode, solve_gram
+from worker.svd.tasks import (
+    BlockTask,
+    HashTask,
+    Output,
+    ProjectTask,
+    SourceRows,
+    gram_block,
+    hash_layer,
+    project_block,
+)
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("layer", "global")
+DEFAULT_BLOCK_COLS = 1 << 18
+
+
+@dataclass
+class BasisRequest:
+    """One basis to produce: which of the computation's rows it spans, its rank, where it goes."""
+
+    out_url: str
+    k: int
+    members: Sequence[int] | None = None  # indices into the concatenated rows; None = all
+    kind: str = "task"
+    meta: dict[str, Any] = field(default_factory=dict)
+    storage_options: dict | None = None
+
+
+@dataclass
+class ComputeReport:
+    bases: list[BasisStore]
+    seconds: dict[str, float]
+    rows: int
+    bytes_read: int
+
+
+def select_rows(
+    store: TrajectoryStore, selection: str | Sequence[int] | None, mode: str
+) -> tuple[int, ...]:
+    """Resolve a checkpoint selection: None/'all' (rows 1..t-1, the fine-tuning checkpoints),
+    'last', 'every:K', 'first:K', 'last:K', or explicit row indices."""
+    t = store.num_rows
+    if t == 0:
+        raise InvalidInput(f"trajectory {store.url} is empty")
+    ckpts = list(range(1, t))
+    if selection is None or selection == "all":
+        rows = ckpts
+    elif isinstance(selection, str):
+        kind, _, arg = selection.partition(":")
+        try:
+            n = int(arg) if arg else None
+        except ValueError:
+            raise InvalidInput(f"bad checkpoint selection {selection!r}") from None
+        if kind == "last" and n is None:
+            rows = ckpts[-1:]
+        elif kind == "last" and n:
+            rows = ckpts[-n:]
+        elif kind == "first" and n:
+            rows = ckpts[:n]
+        elif kind == "every" and n:
+            rows = ckpts[n - 1 :: n]
+        else:
+            raise InvalidInput(
+                f"bad checkpoint selection {selection!r}; use all, last, "
+                "last:K, first:K, every:K or row indices"
+            )
+    else:
+        rows = sorted({int(r) for r in selection})
+        bad = [r for r in rows if not 0 <= r < t]
+        if bad:
+            raise InvalidInput(f"rows {bad} are not in {store.url}, which has {t} rows")
+    if mode != "raw":
+        rows = [r for r in rows if r != 0]
+    if not rows:
+        raise InvalidInput(
+            f"trajectory {store.url} has {t} row(s): no checkpoint after theta0 "
+            f"to build a {mode} basis from"
+        )
+    return tuple(rows)
+
+
+def make_sources(
+    stores: Sequence[TrajectoryStore],
+    selections: Sequence,
+    mode: str,
+    labels: Sequence[str] | None = None,
+) -> list[SourceRows]:
+    check_mode(mode)
+    first = stores[0]
+    for s in stores[1:]:
+        if s.layout.hash != first.layout.hash:
+            raise LayoutMismatch(
+                f"{s.url} has layout {s.layout.hash[:12]} but {first.url} has "
+                f"{first.layout.hash[:12]}: bases need one model layout"
+            )
+    out = []
+    for i, (store, sel) in enumerate(zip(stores, selections, strict=True)):
+        out.append(
+            SourceRows(
+                url=store.url,
+                rows=select_rows(store, sel, mode),
+                ref_row=None if mode == "raw" else 0,
+                label=labels[i] if labels else store.url,
+                storage_options_json=json.dumps(store.loc.storage_options, sort_keys=True),
+            )
+        )
+    return out
+
+
+def compute_bases(
+    sources: Sequence[SourceRows],
+    requests: Sequence[BasisRequest],
+    *,
+    mode: str = "delta",
+    scope: str = "layer",
+    groups: Sequence[str] | None = None,
+    executor: Executor | None = None,
+    block_cols: int = DEFAULT_BLOCK_COLS,
+    rcond: float = DEFAULT_RCOND,
+    device: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    overwrite: bool = False,
+) -> ComputeReport:
+    """Compute every requested basis with two passes over the sources' column blocks.
+
+    progress(phase, done, total) is called as blocks finish (phases: gram, project, hash).
+    """
+    check_mode(mode)
+    if scope not in SCOPES:
+        raise InvalidInput(f"scope {scope!r} is not one of {list(SCOPES)}")
+    if not sources or not requests:
+        raise InvalidInput("nothing to compute: no sources or no bases requested")
+    store0 = TrajectoryStore.open(sources[0].url, storage_options=sources[0].storage_options)
+    layout = store0.layout
+    group_names = list(groups) if groups else layout.group_names
+    for g in group_names:
+        layout.group(g)
+    n = sum(len(s.rows) for s in sources)
+    for req in requests:
+        members = range(n) if req.members is None else req.members
+        if req.k < 1 or req.k > len(members):
+            raise InvalidInput(
+                f"basis {req.kind!r} spans {len(members)} rows but rank {req.k} "
+                f"was asked for; use 1 <= k <= {len(members)}"
+            )
+    own = executor is None
+    executor = executor or LocalExecutor()
+    timings: dict[str, float] = {}
+    try:
+        blocks = [
+            BlockTask(tuple(sources), g, a, b, device)
+            for g in group_names
+            for a, b in store0.column_ranges(g, block_cols)
+        ]
+
+        def tick(phase, total):
+            done = [0]
+
+            def cb(k):
+                done[0] += k
+                if progress:
+                    progress(phase, done[0], total)
+
+            return cb
+
+        t0 = time.perf_counter()
+        grams = executor.map_reduce(
+            gram_block, blocks, key=lambda b: b.group, progress=tick("gram", len(blocks))
+        )
+        timings["gram"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        solves = _solve_all(grams, group_names, requests, mode, scope, rcond)
+        timings["eigh"] = time.perf_counter() - t0
+
+        writers = []
+        for req, per_group in zip(requests, solves, strict=True):
+            shapes = {g: (layout.group(g).size, per_group[g].rank) for g in group_names}
+            writers.append(
+                BasisWriter.create(
+                    req.out_url,
+                    shapes,
+                    chunk_rows=store0.chunk_cols,
+                    storage_options=req.storage_options,
+                    overwrite=overwrite,
+                )
+            )
+
+        t0 = time.perf_counter()
+        tasks = []
+        for blk in blocks:
+            ms, outs, col = [], [], 0
+            for req, per_group, w in zip(requests, solves, writers, strict=True):
+                sol = per_group[blk.group]
+                ms.append(sol.m)
+                outs.append(
+                    Output(
+                        w.url, col, sol.rank, json.dumps(req.storage_options or {}, sort_keys=True)
+                    )
+                )
+                col += sol.rank
+            tasks.append(ProjectTask(blk, np.concatenate(ms, axis=1), tuple(outs)))
+        executor.map(project_block, tasks, progress=tick("project", len(tasks)))
+        timings["project"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        hash_tasks = [
+            HashTask(
+                w.url, g, store0.chunk_cols, json.dumps(req.storage_options or {}, sort_keys=True)
+            )
+            for req, w in zip(requests, writers, strict=True)
+            for g in group_names
+        ]
+        shas = executor.map(hash_layer, hash_tasks, progress=tick("hash", len(hash_tasks)))
+        sha_of = {(h.url, h.group): s for h, s in zip(hash_tasks, shas, strict=True)}
+        timings["hash"] = time.perf_counter() - t0
+
+        bases = []
+        for req, per_group, w in zip(requests, solves, writers, strict=True):
+            layers = {
+                g: {
+                    "singular_values": per_group[g].singular_values.tolist(),
+                    "energy": per_group[g].energy.tolist(),
+                    "total_energy": per_group[g].total_energy,
+                    "sha256": sha_of[(w.url, g)],
+                }
+                for g in group_names
+            }
+            meta = {
+                "kind": req.kind,
+                "mode": mode,
+                "scope": scope,
+                "requested_rank": req.k,
+                "rcond": rcond,
+                "layout": layout.to_dict(),
+                "model_name": store0.model_name,
+                "revision": store0.revision,
+                "sources": [_source_meta(s) for s in sources],
+                "members": list(req.members) if req.members is not None else None,
+                "inputs_digest": inputs_digest(sources, req.members, mode, scope),
+                **req.meta,
+            }
+            bases.append(w.commit(layers, meta))
+        return ComputeReport(
+            bases=bases,
+            seconds=timings,
+            rows=n,
+            bytes_read=2 * 4 * n * sum(layout.group(g).size for g in group_names),
+        )
+    finally:
+        if own:
+            executor.close()
+
+
+def _solve_all(
+    grams: dict,
+    group_names: list[str],
+    requests: Sequence[BasisRequest],
+    mode: str,
+    scope: str,
+    rcond: float,
+) -> list[dict[str, SmallSolve]]:
+    out = []
+    if scope == "global":
+        # The whole-encoder Gram is the sum of the layer Grams: W_global = [W_0 | W_1 | ...].
+        g_all = sum(grams[g] for g in group_names)
+    for req in requests:
+        members = None if req.members is None else np.asarray(req.members)
+        if scope == "global":
+            sol = solve_gram(g_all, req.k, mode=mode, members=members, rcond=rcond)
+            per = {}
+            for g in group_names:
+                # Each layer holds its slice of the global V; the spectrum is the global one,
+                # and energy is reported as the layer's share of the captured variance.
+                per[g] = SmallSolve(
+                    m=sol.m,
+                    singular_values=sol.singular_values,
+                    energy=sol.energy,
+                    total_energy=sol.total_energy,
+                    requested_rank=req.k,
+                )
+            out.append(per)
+        else:
+            out.append(
+                {
+                    g: solve_gram(grams[g], req.k, mode=mode, members=members, rcond=rcond)
+                    for g in group_names
+                }
+            )
+    return out
+
+
+def _source_meta(s: SourceRows) -> dict:
+    return {"url": s.url, "label": s.label, "rows": list(s.rows), "ref_row": s.ref_row}
+
+
+def inputs_digest(sources: Sequence[SourceRows], members, mode: str, scope: str) -> str:
+    """Identity of a basis' inputs: store rows (by their committed sha256) and parameters.
+    A basis is stale when the digest of its inputs today differs from the one it recorded."""
+    import hashlib
+
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            {
+                "mode": mode,
+                "scope": scope,
+                "members": list(members) if members is not None else None,
+            }
+        ).encode()
+    )
+    for s in sources:
+        store = TrajectoryStore.open(s.url, storage_options=s.storage_options)
+        rows = store.rows
+        for r in sorted(set(s.rows) | ({s.ref_row} if s.ref_row is not None else set())):
+            h.update(json.dumps([s.label, r, rows[r].sha256], sort_keys=True).encode())
+    return h.hexdigest()

@@ -1,0 +1,119 @@
+"""Chunk tasks: what an executor runs on a worker. Each reads its own block from the store.
+
+Everything here is a top-level function over frozen dataclasses of plain values (URLs, row
+indices, small matrices), so Dask and Ray can pickle it; no task ships trajectory data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from storage.basis import _open_array, layer_sha256
+from storage.objects import Location
+from storage.trajectory import TrajectoryStore
+from worker.svd.backend import Products
+
+
+@dataclass(frozen=True)
+class SourceRows:
+    """Rows of one trajectory store that enter a computation."""
+
+    url: str
+    rows: tuple[int, ...]
+    ref_row: int | None = None  # theta0's row, subtracted in delta/centered modes
+    label: str = ""
+    storage_options_json: str = "{}"
+
+    @property
+    def storage_options(self) -> dict:
+        return json.loads(self.storage_options_json)
+
+
+@dataclass(frozen=True)
+class BlockTask:
+    sources: tuple[SourceRows, ...]
+    group: str
+    start: int
+    stop: int
+    device: str | None = None
+
+
+@dataclass(frozen=True)
+class Output:
+    """Where pass 2 writes: columns [col0, col0 + rank) of the product go to one basis layer."""
+
+    url: str
+    col0: int
+    rank: int
+    storage_options_json: str = "{}"
+
+
+@dataclass(frozen=True)
+class ProjectTask:
+    block: BlockTask
+    m: np.ndarray  # (n, K) float64, all bases of this group side by side
+    outputs: tuple[Output, ...]
+
+
+@dataclass(frozen=True)
+class HashTask:
+    url: str
+    group: str
+    chunk_rows: int
+    storage_options_json: str = "{}"
+
+
+@lru_cache(maxsize=64)
+def _open_store(url: str, options_json: str) -> TrajectoryStore:
+    # Workers see the same block of a store many times; re-reading the manifest and commit
+    # markers per task would dominate small blocks. Rows used by a job are committed before the
+    # job starts, so a cached handle sees all of them.
+    return TrajectoryStore.open(url, storage_options=json.loads(options_json))
+
+
+def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarray]]]:
+    """X's float32 rows for a block, and the (rows, theta0) pairs to subtract in float64."""
+    parts, refs, n = [], [], 0
+    for src in task.sources:
+        store = _open_store(src.url, src.storage_options_json)
+        if store.num_rows <= max(src.rows + ((src.ref_row,) if src.ref_row is not None else ())):
+            store.refresh()
+        wanted = list(src.rows)
+        if src.ref_row is not None and src.ref_row not in wanted:
+            wanted.append(src.ref_row)
+        block = store.read_block(task.group, task.start, task.stop, rows=sorted(set(wanted)))
+        pos = {r: i for i, r in enumerate(sorted(set(wanted)))}
+        parts.append(block[[pos[r] for r in src.rows]])
+        if src.ref_row is not None:
+            refs.append((slice(n, n + len(src.rows)), block[pos[src.ref_row]]))
+        n += len(src.rows)
+    x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
+    return x, refs
+
+
+def gram_block(task: BlockTask) -> np.ndarray:
+    """(n, n) float64 Gram of X restricted to one column block."""
+    x, refs = read_block(task)
+    return Products(task.device).gram(x, refs)
+
+
+def project_block(task: ProjectTask) -> int:
+    """V rows of one block for every output basis; returns bytes written."""
+    x, refs = read_block(task.block)
+    v = Products(task.block.device).project(x, task.m, refs)  # (c, K) float32
+    written = 0
+    for out in task.outputs:
+        loc = Location.from_url(out.url, json.loads(out.storage_options_json))
+        arr = _open_array(loc, task.block.group, read_only=False)
+        arr[task.block.start : task.block.stop, :] = v[:, out.col0 : out.col0 + out.rank]
+        written += 4 * v.shape[0] * out.rank
+    return written
+
+
+def hash_layer(task: HashTask) -> str:
+    loc = Location.from_url(task.url, json.loads(task.storage_options_json))
+    return layer_sha256(loc, task.group, task.chunk_rows)
