@@ -194,6 +194,9 @@ class TrajectoryStore:
     def refresh(self) -> None:
         """Re-read the commit markers (another process may have appended rows)."""
         self._rows = self._scan_rows()
+        # The writer may have grown the arrays since they were opened here.
+        self._root = None
+        self._arrays.clear()
 
     def nbytes(self, group: str | None = None) -> int:
         """Bytes of committed rows, as float32, for one group or all."""
@@ -277,6 +280,29 @@ class TrajectoryStore:
         self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
         self._rows.append(info)
         return index
+
+    def annotate(self, index: int, metrics: Mapping[str, float]) -> RowInfo:
+        """Merge metrics into committed row `index` (a trainer logs them after the weights).
+
+        The marker is rewritten atomically with the same sha256s: the row stays visible and
+        its values unchanged; only its metadata grows.
+        """
+        if self.read_only:
+            raise ReadOnly(f"{self.url} was opened read-only")
+        if not 0 <= index < self.num_rows:
+            raise NotFound(f"row {index} is not committed; the store has {self.num_rows} rows")
+        old = self._rows[index]
+        info = RowInfo(
+            index=old.index,
+            step=old.step,
+            epoch=old.epoch,
+            metrics={**old.metrics, **{k: float(v) for k, v in metrics.items()}},
+            sha256=old.sha256,
+            written_at=old.written_at,
+        )
+        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
+        self._rows[index] = info
+        return info
 
     def _ensure_capacity(self, rows: int) -> None:
         for group in self.layout.groups:
