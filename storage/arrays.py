@@ -122,10 +122,15 @@ def check_row(vectors: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np
             raise LayoutMismatch(
                 f"group {group.name!r} has {vec.size} values; the layout needs {group.size}"
             )
-        if not np.isfinite(vec).all():
-            bad = int(np.count_nonzero(~np.isfinite(vec)))
+        finite = np.isfinite(vec)
+        if not finite.all():
+            bad = int(np.count_nonzero(~finite))
+            where = [
+                p.name for p in group.params if not finite[p.offset : p.offset + p.numel].all()
+            ]
             raise InvalidInput(
-                f"group {group.name!r} has {bad} NaN or Inf values; nothing was written"
+                f"group {group.name!r} has {bad} NaN or Inf values (in {', '.join(where[:3])}"
+                f"{', ...' if len(where) > 3 else ''}); nothing was written"
             )
         out[group.name] = vec
     return out

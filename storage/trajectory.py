@@ -67,6 +67,19 @@ class RowInfo:
         )
 
 
+def encode_row(
+    vectors: Mapping[str, Any], layout: Layout, dtype: str
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validate one row and encode it for storage: (group -> stored array, group -> sha256).
+
+    This is every check a write makes (groups, sizes, finite values, dtype range), so an
+    ingester can validate a whole input with it before it writes anything.
+    """
+    rows = check_row(vectors, layout)
+    encoded = {g: encode(v, dtype) for g, v in rows.items()}
+    return encoded, {g: digest(e) for g, e in encoded.items()}
+
+
 def _row_key(index: int) -> str:
     return f"{index:08d}.json"
 
@@ -254,9 +267,7 @@ class TrajectoryStore:
         """
         if self.read_only:
             raise ReadOnly(f"{self.url} was opened read-only")
-        rows = check_row(vectors, self.layout)
-        encoded = {g: encode(v, self.dtype) for g, v in rows.items()}
-        sums = {g: digest(e) for g, e in encoded.items()}
+        encoded, sums = encode_row(vectors, self.layout, self.dtype)
         if index < self.num_rows:
             if self._rows[index].sha256 != sums:
                 raise Conflict(f"row {index} is already committed with other values")
@@ -385,4 +396,4 @@ class TrajectoryStore:
         }
 
 
-__all__ = ["TrajectoryStore", "RowInfo", "FORMAT", "DEFAULT_CHUNK_COLS"]
+__all__ = ["TrajectoryStore", "RowInfo", "FORMAT", "DEFAULT_CHUNK_COLS", "encode_row"]
