@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from storage.arrays import flatten_state
+from storage.arrays import check_dtype, flatten_state
 from storage.checkpoints import Checkpoint, Weights, folder_layout, list_checkpoints, weight_files
 from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, TinysubError
-from storage.layout import Group, Layout, ParamSpec
+from storage.layout import Group, Layout, ParamSpec, build_layout
 from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore, encode_row
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ class StoreOptions:
     dtype: str = "float32"
     chunk_cols: int = DEFAULT_CHUNK_COLS
     storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        # Checked before any input is read, not when the store is finally created.
+        check_dtype(self.dtype)
+        if self.chunk_cols < 1:
+            raise InvalidInput(f"chunk_cols must be positive, not {self.chunk_cols}")
 
 
 @dataclass
@@ -171,6 +177,18 @@ def _checkpoint_row(ckpt: Checkpoint, layout: Layout) -> _Row:
     return _Row(str(ckpt.path), load, ckpt.step, ckpt.epoch, ckpt.metrics)
 
 
+def _check_rule(store: TrajectoryStore, folder: Path, rule: str) -> None:
+    """An explicit rule must group theta0 as the existing store is grouped."""
+    with Weights(folder) as weights:
+        asked = build_layout(weights.shapes, rule)
+    sizes = {g.name: g.size for g in asked.groups}
+    if sizes != {g.name: g.size for g in store.layout.groups}:
+        raise LayoutMismatch(
+            f"store {store.url} is grouped by {store.layout.rule!r} "
+            f"({len(store.layout.groups)} groups); rule {rule!r} gives {len(sizes)} other groups"
+        )
+
+
 def ingest_checkpoints(
     url: str | os.PathLike,
     folder: str | os.PathLike,
@@ -194,9 +212,10 @@ def ingest_checkpoints(
     options = options or StoreOptions()
     if (base is None) == (not first_is_theta0):
         raise InvalidInput(
-            "theta0 is ambiguous: pass a pre-trained model folder as base, or first_is_theta0"
+            "theta0 is ambiguous: give base (--base) or first_is_theta0 (--first-is-theta0)"
             if base is not None
-            else "no theta0: pass the pre-trained model folder as base, or first_is_theta0"
+            else "no theta0: give the pre-trained model folder as base (--base), "
+            "or first_is_theta0 (--first-is-theta0)"
         )
     checkpoints = list_checkpoints(folder)
     if base is not None:
@@ -205,6 +224,8 @@ def ingest_checkpoints(
     store = _existing(url, options)
     if store is not None:
         layout = store.layout
+        if rule != "auto":
+            _check_rule(store, checkpoints[0].path, rule)
     else:
         with _named(str(checkpoints[0].path)):
             layout = folder_layout(checkpoints[0].path, rule)
@@ -310,6 +331,8 @@ def ingest_arrays(
             raise InvalidInput(f"{name}: {len(meta)} {label} values for {t} rows")
     store = _existing(url, options)
     if store is not None:
+        if layout is not None:
+            store.layout.check_compatible(layout, "the given layout")
         layout = store.layout
     elif layout is None:
         layout = flat_layout({g: s[1] for g, s in shapes.items()})

@@ -257,7 +257,13 @@ def locate_params(
     if set(theirs.group_names) != set(layout.group_names):
         missing = sorted(set(layout.group_names) - set(theirs.group_names), key=_natural_key)
         extra = sorted(set(theirs.group_names) - set(layout.group_names), key=_natural_key)
-        problems.append(f"groups missing {missing}, unexpected {extra}")
+        problems.append(
+            ", ".join(
+                f"{label} groups {names}"
+                for label, names in (("missing", missing), ("unexpected", extra))
+                if names
+            )
+        )
     out: dict[str, list[str]] = {}
     for group in layout.groups:
         if group.name not in theirs.group_names:
