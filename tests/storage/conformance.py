@@ -315,6 +315,19 @@ class TrajectoryStoreSuite:
             assert chunks == expected
             assert touched - chunks == {f"_rows/{i:08d}.json"}
 
+    def test_column_ranges_follow_the_chunk_grid(self, url, layout):
+        store = self.create(url, layout)
+        assert store.column_ranges("layer.0") == [
+            (0, 256),
+            (256, 512),
+            (512, 768),
+            (768, 1024),
+            (1024, 1230),
+        ]
+        # Blocks are whole chunks: 600 columns round down to 512, 100 round up to one chunk.
+        assert store.column_ranges("layer.0", 600) == [(0, 512), (512, 1024), (1024, 1230)]
+        assert store.column_ranges("layer.1", 100) == [(0, 256), (256, 420)]
+
     def test_refresh_sees_rows_from_another_writer(self, url, layout):
         rows = make_trajectory(layout, 3)
         writer = self.create(url, layout)
