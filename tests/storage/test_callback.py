@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from storage.ingest import TrajectoryCallback  # noqa: E402 - needs transformers
+from storage.ingest import TrajectoryCallback, ingest_checkpoints  # noqa: E402
 
 
 class Synthetic(torch.utils.data.Dataset):
@@ -138,3 +138,20 @@ def test_bad_every_is_invalid():
         TrajectoryCallback("x", every=0)
     with pytest.raises(InvalidInput):
         TrajectoryCallback("x", every="step")
+
+
+def test_callback_rows_equal_the_ingested_trainer_checkpoints(tmp_path):
+    # The two ingestion routes agree bit for bit, layout hash included: the checkpoint route
+    # reads sorted safetensors files, the callback reads the live model.
+    m = model()
+    m.save_pretrained(tmp_path / "base")
+    out = tmp_path / "out"
+    callback = TrajectoryCallback(tmp_path / "live", every=2)
+    trainer(m, out, callback, max_steps=4, save_strategy="steps", save_steps=2).train()
+    report = ingest_checkpoints(tmp_path / "saved", out, base=tmp_path / "base")
+    live, saved = TrajectoryStore.open(tmp_path / "live"), TrajectoryStore.open(tmp_path / "saved")
+    assert report.rows == live.num_rows == 3
+    assert saved.layout.hash == live.layout.hash
+    assert [r.sha256 for r in saved.rows] == [r.sha256 for r in live.rows]
+    assert [r.step for r in saved.rows] == [r.step for r in live.rows] == [0, 2, 4]
+    assert saved.rows[1].metrics["loss"] == live.rows[1].metrics["loss"]
