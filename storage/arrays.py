@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from storage.errors import InvalidInput, LayoutMismatch
-from storage.layout import Layout, layout_from_state_dict
+from storage.layout import Layout, locate_params
 
 # bfloat16 has no numpy dtype: it is stored as its raw upper 16 bits in uint16 chunks.
 STORAGE_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "uint16"}
@@ -34,15 +34,30 @@ def to_numpy(value: Any) -> np.ndarray:
 
 
 def encode(values: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values -> the array written to zarr for storage dtype `dtype`."""
+    """Finite float32 values -> the array written to zarr for storage dtype `dtype`.
+
+    Raises `InvalidInput` when a value overflows the storage dtype (|x| > 65504 in float16):
+    a stored Inf would turn every basis computed from the row into NaN.
+    """
     if dtype == "float32":
         return np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "float16":
-        return values.astype(np.float16)
-    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
-    # Round to nearest even on the 16 bits that are dropped (NaN is rejected before this).
-    rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
+        with np.errstate(over="ignore"):
+            out = values.astype(np.float16)
+        finite = np.isfinite(out)
+    else:
+        bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+        # Round to nearest even on the 16 bits that are dropped (NaN is rejected before this).
+        rounded = bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))
+        out = (rounded >> np.uint32(16)).astype(np.uint16)
+        finite = (out & np.uint16(0x7F80)) != np.uint16(0x7F80)
+    if not finite.all():
+        bad = int(np.count_nonzero(~finite))
+        raise InvalidInput(
+            f"{bad} values overflow {dtype} (largest {float(np.abs(values).max()):.4g}); "
+            "store them as float32"
+        )
+    return out
 
 
 def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
@@ -59,20 +74,35 @@ def digest(values: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def flatten_state(state: Mapping[str, Any], layout: Layout) -> dict[str, np.ndarray]:
+def float_shapes(state: Mapping[str, Any]) -> list[tuple[str, tuple[int, ...]]]:
+    """(name, shape) of the floating-point entries of a state dict, in its order."""
+    out = []
+    for name, value in state.items():
+        # Integer buffers such as position_ids are not weights.
+        if "float" in str(getattr(value, "dtype", "")):
+            out.append((name, tuple(int(s) for s in value.shape)))
+    return out
+
+
+def flatten_state(
+    state: Mapping[str, Any],
+    layout: Layout,
+    shapes: Iterable[tuple[str, tuple[int, ...]]] | None = None,
+    what: str = "checkpoint",
+) -> dict[str, np.ndarray]:
     """Flatten a state dict into one float32 vector per layout group, in layout order.
 
-    The state dict may carry another class prefix (`bert.`) than the layout was built from; it
-    must have the same groups, names and shapes, which the layout hash checks.
+    The state dict may carry another class prefix (`bert.`) and another parameter order than
+    the layout was built from; it must have the same groups, names and shapes. `shapes` lists
+    its (name, shape) pairs when `state` loads tensors lazily (only the layout's parameters are
+    then read, one at a time). Peak memory: the output vectors plus one tensor.
     """
-    theirs = layout_from_state_dict(state, layout.rule)
-    layout.check_compatible(theirs, "checkpoint layout")
+    names = locate_params(layout, float_shapes(state) if shapes is None else shapes, what)
     out: dict[str, np.ndarray] = {}
-    for group in theirs.groups:
-        vec = np.empty(group.size, dtype=np.float32)
-        for spec, full in zip(group.params, group.full_names(), strict=True):
-            arr = to_numpy(state[full])
-            vec[spec.offset : spec.offset + spec.numel] = arr.reshape(-1)
+    for group in layout.groups:
+        vec = np.empty(group.size, dtype=np.float32)  # (D_group,)
+        for spec, full in zip(group.params, names[group.name], strict=True):
+            vec[spec.offset : spec.offset + spec.numel] = to_numpy(state[full]).reshape(-1)
         out[group.name] = vec
     return out
 
@@ -92,10 +122,15 @@ def check_row(vectors: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np
             raise LayoutMismatch(
                 f"group {group.name!r} has {vec.size} values; the layout needs {group.size}"
             )
-        if not np.isfinite(vec).all():
-            bad = int(np.count_nonzero(~np.isfinite(vec)))
+        finite = np.isfinite(vec)
+        if not finite.all():
+            bad = int(np.count_nonzero(~finite))
+            where = [
+                p.name for p in group.params if not finite[p.offset : p.offset + p.numel].all()
+            ]
             raise InvalidInput(
-                f"group {group.name!r} has {bad} NaN or Inf values; nothing was written"
+                f"group {group.name!r} has {bad} NaN or Inf values (in {', '.join(where[:3])}"
+                f"{', ...' if len(where) > 3 else ''}); nothing was written"
             )
         out[group.name] = vec
     return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -182,9 +183,9 @@ def build_layout(
 
     Rules: `bert`/`roberta`/`mpnet` (`encoder.layer.N.`), `gpt2` (`h.N.`), `llama` (`layers.N.`),
     `auto` (whichever of those matches most), `global` or `global:<rule>` (all layer parameters
-    as one group), and `regex:<pattern>` (a capture group names the group; without one, all
-    matching parameters form one group). Parameters that match no group (embeddings, heads) are
-    not part of the layout.
+    as one group), and `regex:<pattern>` (the capture groups, joined by dots, name the group;
+    without one, all matching parameters form one group). Parameters that match no group
+    (embeddings, heads) are not part of the layout.
     """
     items = list(shapes.items()) if isinstance(shapes, Mapping) else list(shapes)
     if rule == "auto":
@@ -193,7 +194,7 @@ def build_layout(
         rule = f"global:{detect_rule(n for n, _ in items)}"
     kind, pat = _compile_rule(rule)
 
-    members: dict[str, list[tuple[str, str, tuple[int, ...]]]] = {}
+    members: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
     prefixes: dict[str, str] = {}
     for full, shape in items:
         m = pat.search(full) if pat is not None else None
@@ -207,26 +208,26 @@ def build_layout(
             # Keep the layer index inside the relative name: `encoder.layer.3.attention...`.
             prefix = full[: m.start() + (1 if full[m.start()] == "." else 0)]
         else:
-            gname = m.group(1) if m.groups() else "group"
-            prefix = full[: m.end()] if m.groups() else ""
-        if gname in prefixes and prefixes[gname] != prefix and kind != "regex":
+            captured = [c for c in m.groups() if c is not None]
+            gname = ".".join(captured) if captured else "group"
+            prefix = ""  # set per group below, from all of its members
+        if kind != "regex" and prefixes.setdefault(gname, prefix) != prefix:
             raise InvalidInput(
                 f"group {gname!r} gets parameters under two prefixes "
                 f"({prefixes[gname]!r} and {prefix!r}); use a regex rule"
             )
-        prefixes.setdefault(gname, prefix)
-        members.setdefault(gname, []).append(
-            (full[len(prefix) :], full, tuple(int(s) for s in shape))
-        )
-
-    def order(name: str) -> tuple:
-        return (0, int(name.split(".")[1])) if name.startswith("layer.") else (1, name)
+        members.setdefault(gname, []).append((full, tuple(int(s) for s in shape)))
+    if kind == "regex":
+        # A regex group may span layers (`regex:(attention)` collects every layer's attention),
+        # so its prefix is what all of its members share, cut at a dot: the class prefix
+        # (`bert.`) then stays outside the relative names and the layout hash.
+        prefixes = {g: _dotted_common_prefix([f for f, _ in ms]) for g, ms in members.items()}
 
     groups = []
-    for gname in sorted(members, key=order):
+    for gname in sorted(members, key=_natural_key):
         offset, params = 0, []
-        for rel, _full, shape in members[gname]:
-            params.append(ParamSpec(rel, shape, offset))
+        for full, shape in members[gname]:
+            params.append(ParamSpec(full[len(prefixes[gname]) :], shape, offset))
             offset += math.prod(shape)
         groups.append(Group(gname, prefixes[gname], tuple(params)))
     if not groups:
@@ -234,14 +235,77 @@ def build_layout(
     return Layout(rule=rule, groups=tuple(groups))
 
 
+def locate_params(
+    layout: Layout,
+    shapes: Mapping[str, tuple[int, ...]] | Iterable[tuple[str, tuple[int, ...]]],
+    what: str = "checkpoint",
+) -> dict[str, list[str]]:
+    """Full names, in `layout` order, of each group's parameters in another set of named shapes.
+
+    The other side may carry another class prefix (`bert.`) and list its parameters in another
+    order (safetensors files list them sorted by name); it must hold the same groups with the
+    same parameter names and shapes, else `LayoutMismatch` names the first differences.
+    Returns group name -> full names aligned with `layout.group(name).params`.
+    """
+    try:
+        theirs = build_layout(shapes, layout.rule)
+    except InvalidInput as exc:
+        raise LayoutMismatch(f"{what} does not fit layout {layout.hash[:12]}: {exc}") from exc
+    if theirs.hash == layout.hash:
+        return {g.name: g.full_names() for g in theirs.groups}
+    problems = []
+    if set(theirs.group_names) != set(layout.group_names):
+        missing = sorted(set(layout.group_names) - set(theirs.group_names), key=_natural_key)
+        extra = sorted(set(theirs.group_names) - set(layout.group_names), key=_natural_key)
+        problems.append(
+            ", ".join(
+                f"{label} groups {names}"
+                for label, names in (("missing", missing), ("unexpected", extra))
+                if names
+            )
+        )
+    out: dict[str, list[str]] = {}
+    for group in layout.groups:
+        if group.name not in theirs.group_names:
+            continue
+        other = theirs.group(group.name)
+        found = {p.name: p.shape for p in other.params}
+        for spec in group.params:
+            if spec.name not in found:
+                problems.append(f"{group.name}: no parameter {spec.name!r}")
+            elif found[spec.name] != spec.shape:
+                problems.append(
+                    f"{group.name}: {spec.name!r} has shape {found[spec.name]}, "
+                    f"the layout needs {spec.shape}"
+                )
+        wanted = {p.name for p in group.params}
+        problems += [f"{group.name}: unexpected parameter {n!r}" for n in found if n not in wanted]
+        out[group.name] = [other.prefix + p.name for p in group.params]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise LayoutMismatch(
+            f"{what} does not match layout {layout.hash[:12]}: " + "; ".join(problems[:3]) + more
+        )
+    return out
+
+
+def _dotted_common_prefix(names: list[str]) -> str:
+    common = os.path.commonprefix(names)
+    return common[: common.rfind(".") + 1]
+
+
+def _natural_key(name: str) -> tuple:
+    # layer.2 sorts before layer.10
+    return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
+
+
 def layout_from_state_dict(state: Mapping[str, object], rule: str = "auto") -> Layout:
     """Build a layout from a state dict (torch tensors or numpy arrays), skipping non-floats."""
     shapes = []
     for name, value in state.items():
-        dtype = str(getattr(value, "dtype", ""))
-        if "float" not in dtype:  # integer buffers such as position_ids are not weights
-            continue
-        shapes.append((name, tuple(value.shape)))
+        # Integer buffers such as position_ids are not weights.
+        if "float" in str(getattr(value, "dtype", "")):
+            shapes.append((name, tuple(value.shape)))
     return build_layout(shapes, rule)
 
 

@@ -67,6 +67,19 @@ class RowInfo:
         )
 
 
+def encode_row(
+    vectors: Mapping[str, Any], layout: Layout, dtype: str
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Validate one row and encode it for storage: (group -> stored array, group -> sha256).
+
+    This is every check a write makes (groups, sizes, finite values, dtype range), so an
+    ingester can validate a whole input with it before it writes anything.
+    """
+    rows = check_row(vectors, layout)
+    encoded = {g: encode(v, dtype) for g, v in rows.items()}
+    return encoded, {g: digest(e) for g, e in encoded.items()}
+
+
 def _row_key(index: int) -> str:
     return f"{index:08d}.json"
 
@@ -194,6 +207,9 @@ class TrajectoryStore:
     def refresh(self) -> None:
         """Re-read the commit markers (another process may have appended rows)."""
         self._rows = self._scan_rows()
+        # The writer may have grown the arrays since they were opened here.
+        self._root = None
+        self._arrays.clear()
 
     def nbytes(self, group: str | None = None) -> int:
         """Bytes of committed rows, as float32, for one group or all."""
@@ -251,9 +267,7 @@ class TrajectoryStore:
         """
         if self.read_only:
             raise ReadOnly(f"{self.url} was opened read-only")
-        rows = check_row(vectors, self.layout)
-        encoded = {g: encode(v, self.dtype) for g, v in rows.items()}
-        sums = {g: digest(e) for g, e in encoded.items()}
+        encoded, sums = encode_row(vectors, self.layout, self.dtype)
         if index < self.num_rows:
             if self._rows[index].sha256 != sums:
                 raise Conflict(f"row {index} is already committed with other values")
@@ -277,6 +291,29 @@ class TrajectoryStore:
         self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
         self._rows.append(info)
         return index
+
+    def annotate(self, index: int, metrics: Mapping[str, float]) -> RowInfo:
+        """Merge metrics into committed row `index` (a trainer logs them after the weights).
+
+        The marker is rewritten atomically with the same sha256s: the row stays visible and
+        its values unchanged; only its metadata grows.
+        """
+        if self.read_only:
+            raise ReadOnly(f"{self.url} was opened read-only")
+        if not 0 <= index < self.num_rows:
+            raise NotFound(f"row {index} is not committed; the store has {self.num_rows} rows")
+        old = self._rows[index]
+        info = RowInfo(
+            index=old.index,
+            step=old.step,
+            epoch=old.epoch,
+            metrics={**old.metrics, **{k: float(v) for k, v in metrics.items()}},
+            sha256=old.sha256,
+            written_at=old.written_at,
+        )
+        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
+        self._rows[index] = info
+        return info
 
     def _ensure_capacity(self, rows: int) -> None:
         for group in self.layout.groups:
@@ -359,4 +396,4 @@ class TrajectoryStore:
         }
 
 
-__all__ = ["TrajectoryStore", "RowInfo", "FORMAT", "DEFAULT_CHUNK_COLS"]
+__all__ = ["TrajectoryStore", "RowInfo", "FORMAT", "DEFAULT_CHUNK_COLS", "encode_row"]

@@ -1,0 +1,384 @@
+"""Filling a trajectory store from saved checkpoints or numpy arrays, resumably.
+
+Both ingesters work in two phases. `check` reads every row that is not committed yet and runs
+every test a write would run (layout, finite values, dtype range) without writing; only then does
+`write` create the store (if needed) and append the rows. So bad input leaves the store exactly as
+it was. Rows the store already holds are re-sent through `write_row`, which accepts equal bytes
+and raises `Conflict` on different ones: a resumed ingestion continues where the last one stopped
+and proves the committed prefix is the same data. Memory: one row (all groups of one checkpoint,
+float32) plus one tensor.
+
+The training-time writer, `TrajectoryCallback`, lives in `storage.callback` (it needs
+transformers); it is re-exported here lazily.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from storage.arrays import check_dtype, flatten_state
+from storage.checkpoints import Checkpoint, Weights, folder_layout, list_checkpoints, weight_files
+from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, TinysubError
+from storage.layout import Group, Layout, ParamSpec, build_layout
+from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore, encode_row
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""`progress(phase, done, total)`, phase `check` or `write` (the CLI's rich bars)."""
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    url: str
+    rows: int  # committed rows in the store afterwards
+    written: int  # rows this call appended
+    verified: int  # committed rows re-sent and found equal
+    skipped: int  # committed rows neither re-sent nor checked (verify_existing=False)
+    layout_hash: str
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    """How a store is created when it does not exist yet (ignored for an existing store)."""
+
+    model_name: str = ""
+    revision: str | None = None
+    dtype: str = "float32"
+    chunk_cols: int = DEFAULT_CHUNK_COLS
+    storage_options: dict | None = None
+
+    def __post_init__(self) -> None:
+        # Checked before any input is read, not when the store is finally created.
+        check_dtype(self.dtype)
+        if self.chunk_cols < 1:
+            raise InvalidInput(f"chunk_cols must be positive, not {self.chunk_cols}")
+
+
+@dataclass
+class _Row:
+    """One row to ingest: where it comes from, its metadata, and how to load it."""
+
+    name: str  # for messages: the checkpoint folder or `<file>[i]`
+    load: Callable[[], dict[str, np.ndarray]]  # group -> flat float32 vector
+    step: int | None = None
+    epoch: float | None = None
+    metrics: dict[str, float] | None = None
+
+
+@contextmanager
+def _named(name: str) -> Iterator[None]:
+    """Prefix any tinysub error with the input it came from, keeping its class."""
+    try:
+        yield
+    except TinysubError as exc:
+        if str(exc).startswith(name):
+            raise
+        raise type(exc)(f"{name}: {exc}", detail=exc.detail) from exc
+
+
+def _existing(url: str | os.PathLike, options: StoreOptions) -> TrajectoryStore | None:
+    if not TrajectoryStore.exists(url, options.storage_options):
+        return None
+    store = TrajectoryStore.open(url, read_only=False, storage_options=options.storage_options)
+    for field_name, given in (("model_name", options.model_name), ("revision", options.revision)):
+        held = store.manifest.get(field_name)
+        if given and held and given != held:
+            raise Conflict(f"store {store.url} holds {field_name} {held!r}, not {given!r}")
+    return store
+
+
+def _ingest(
+    url: str | os.PathLike,
+    rows: Sequence[_Row],
+    layout: Layout,
+    store: TrajectoryStore | None,
+    options: StoreOptions,
+    *,
+    verify_existing: bool,
+    preflight: bool,
+    progress: Progress | None,
+) -> IngestReport:
+    started = time.perf_counter()
+    done = store.num_rows if store is not None else 0
+    dtype = store.dtype if store is not None else options.dtype
+    pending = rows[done:]
+    if preflight:
+        for i, row in enumerate(pending):
+            with _named(row.name):
+                encode_row(row.load(), layout, dtype)
+            if progress:
+                progress("check", i + 1, len(pending))
+    if store is None:
+        store = TrajectoryStore.create(
+            url,
+            layout,
+            model_name=options.model_name,
+            revision=options.revision,
+            dtype=options.dtype,
+            chunk_cols=options.chunk_cols,
+            storage_options=options.storage_options,
+        )
+    written = verified = skipped = 0
+    for index, row in enumerate(rows):
+        with _named(row.name):
+            if index < done and not verify_existing:
+                held = store.rows[index].step
+                if row.step is not None and held is not None and held != row.step:
+                    raise Conflict(f"row {index} of {store.url} is step {held}, not {row.step}")
+                skipped += 1
+            elif index < done:
+                try:
+                    store.write_row(index, row.load())
+                except Conflict as exc:
+                    raise Conflict(
+                        f"differs from row {index} already committed in {store.url}; "
+                        "it is not the same trajectory"
+                    ) from exc
+                verified += 1
+            else:
+                store.write_row(
+                    index, row.load(), step=row.step, epoch=row.epoch, metrics=row.metrics
+                )
+                written += 1
+        if progress:
+            progress("write", index + 1, len(rows))
+    log.info("%s: %d rows written, %d verified, %d skipped", store.url, written, verified, skipped)
+    return IngestReport(
+        url=store.url,
+        rows=store.num_rows,
+        written=written,
+        verified=verified,
+        skipped=skipped,
+        layout_hash=store.layout.hash,
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def _checkpoint_row(ckpt: Checkpoint, layout: Layout) -> _Row:
+    def load() -> dict[str, np.ndarray]:
+        with Weights(ckpt.path) as weights:
+            return flatten_state(weights, layout, weights.shapes, what=str(ckpt.path))
+
+    return _Row(str(ckpt.path), load, ckpt.step, ckpt.epoch, ckpt.metrics)
+
+
+def _check_rule(store: TrajectoryStore, folder: Path, rule: str) -> None:
+    """An explicit rule must group theta0 as the existing store is grouped."""
+    with Weights(folder) as weights:
+        asked = build_layout(weights.shapes, rule)
+    sizes = {g.name: g.size for g in asked.groups}
+    if sizes != {g.name: g.size for g in store.layout.groups}:
+        raise LayoutMismatch(
+            f"store {store.url} is grouped by {store.layout.rule!r} "
+            f"({len(store.layout.groups)} groups); rule {rule!r} gives {len(sizes)} other groups"
+        )
+
+
+def ingest_checkpoints(
+    url: str | os.PathLike,
+    folder: str | os.PathLike,
+    *,
+    base: str | os.PathLike | None = None,
+    first_is_theta0: bool = False,
+    rule: str = "auto",
+    options: StoreOptions | None = None,
+    verify_existing: bool = True,
+    preflight: bool = True,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest `folder/checkpoint-*/` (ordered by step) into the store at `url`.
+
+    Row 0 is theta0: the pre-trained model folder `base`, or, with `first_is_theta0`, the first
+    checkpoint. A new store takes its layout from theta0 (in the model's parameter order when a
+    `config.json` says which model it is); an existing store keeps its own, and every
+    checkpoint must match it. Each checkpoint is read tensor by tensor (safetensors, or a
+    memory-mapped `pytorch_model.bin`).
+    """
+    options = options or StoreOptions()
+    if (base is None) == (not first_is_theta0):
+        raise InvalidInput(
+            "theta0 is ambiguous: give base (--base) or first_is_theta0 (--first-is-theta0)"
+            if base is not None
+            else "no theta0: give the pre-trained model folder as base (--base), "
+            "or first_is_theta0 (--first-is-theta0)"
+        )
+    checkpoints = list_checkpoints(folder)
+    if base is not None:
+        weight_files(base)  # a missing base fails here, before anything else is read
+        checkpoints = [Checkpoint(Path(base), step=0, epoch=0.0), *checkpoints]
+    store = _existing(url, options)
+    if store is not None:
+        layout = store.layout
+        if rule != "auto":
+            _check_rule(store, checkpoints[0].path, rule)
+    else:
+        with _named(str(checkpoints[0].path)):
+            layout = folder_layout(checkpoints[0].path, rule)
+    rows = [_checkpoint_row(c, layout) for c in checkpoints]
+    return _ingest(
+        url,
+        rows,
+        layout,
+        store,
+        options,
+        verify_existing=verify_existing,
+        preflight=preflight,
+        progress=progress,
+    )
+
+
+# --------------------------------------------------------------------------------- arrays
+def flat_layout(sizes: Mapping[str, int]) -> Layout:
+    """A layout for bare arrays: one group per name, one flat parameter `values` each."""
+    groups = tuple(
+        Group(name, "", (ParamSpec("values", (int(size),), 0),)) for name, size in sizes.items()
+    )
+    return Layout(rule="arrays", groups=groups)
+
+
+def load_arrays(
+    path: str | os.PathLike,
+) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    """Arrays (t, D) per group from a `.npz` file, a `.npy` file or a folder of `.npy` files.
+
+    A `.npy` file is named after its group (`layer.0.npy`) and memory-mapped, so ingesting it
+    reads one row at a time; `.npz` members are loaded a group at a time. Optional `step` and
+    `epoch` (t,) arrays give the row metadata. Returns (arrays, steps, epochs).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise NotFound(f"array input {path} does not exist")
+    if path.is_dir():
+        files = sorted(path.glob("*.npy"))
+        if not files:
+            raise InvalidInput(f"{path} holds no .npy files")
+        found = {f.name[: -len(".npy")]: f for f in files}
+    elif path.suffix == ".npy":
+        found = {path.name[: -len(".npy")]: path}
+    elif path.suffix == ".npz":
+        try:
+            npz = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"{path} is not a readable .npz file: {exc}") from exc
+        found = {k: npz for k in npz.files}
+    else:
+        raise InvalidInput(f"{path} is not a .npy or .npz file, nor a folder of .npy files")
+    arrays: dict[str, np.ndarray] = {}
+    for name, source in found.items():
+        try:
+            arrays[name] = (
+                source[name]
+                if not isinstance(source, Path)
+                else np.load(source, mmap_mode="r", allow_pickle=False)
+            )
+        except (OSError, ValueError) as exc:
+            raise InvalidInput(f"{path}: cannot read {name!r}: {exc}") from exc
+    steps, epochs = arrays.pop("step", None), arrays.pop("epoch", None)
+    return arrays, steps, epochs
+
+
+def ingest_arrays(
+    url: str | os.PathLike,
+    arrays: Mapping[str, Any] | str | os.PathLike,
+    *,
+    layout: Layout | None = None,
+    steps: Sequence[int] | None = None,
+    epochs: Sequence[float] | None = None,
+    options: StoreOptions | None = None,
+    verify_existing: bool = True,
+    preflight: bool = True,
+    progress: Progress | None = None,
+) -> IngestReport:
+    """Ingest rows given as one (t, D_group) array per group (in memory, or a path).
+
+    Row i of every array is checkpoint i (row 0 is theta0). The store's layout, or `layout`,
+    says which groups and sizes are expected; without either, each array becomes one group.
+    """
+    options = options or StoreOptions()
+    name = "arrays"
+    if isinstance(arrays, str | os.PathLike):
+        name = os.fspath(arrays)
+        arrays, file_steps, file_epochs = load_arrays(arrays)
+        steps = file_steps if steps is None else steps
+        epochs = file_epochs if epochs is None else epochs
+    if not arrays:
+        raise InvalidInput(f"{name}: no arrays given")
+    shapes = {g: np.shape(a) for g, a in arrays.items()}
+    bad = {g: s for g, s in shapes.items() if len(s) != 2}
+    if bad:
+        raise InvalidInput(f"{name}: arrays must be (rows, D) per group; got shapes {bad}")
+    lengths = {s[0] for s in shapes.values()}
+    if len(lengths) != 1:
+        raise InvalidInput(f"{name}: groups have different numbers of rows {shapes}")
+    t = lengths.pop()
+    for label, meta in (("step", steps), ("epoch", epochs)):
+        if meta is not None and len(meta) != t:
+            raise InvalidInput(f"{name}: {len(meta)} {label} values for {t} rows")
+    store = _existing(url, options)
+    if store is not None:
+        if layout is not None:
+            store.layout.check_compatible(layout, "the given layout")
+        layout = store.layout
+    elif layout is None:
+        layout = flat_layout({g: s[1] for g, s in shapes.items()})
+    expected = {g.name: g.size for g in layout.groups}
+    given = {g: s[1] for g, s in shapes.items()}
+    if given != expected:
+        raise LayoutMismatch(
+            f"{name}: arrays {given} do not match the layout's groups {expected} "
+            f"(layout {layout.hash[:12]})"
+        )
+
+    def row(i: int) -> _Row:
+        return _Row(
+            f"{name}[{i}]",
+            lambda: {g: np.asarray(a[i]) for g, a in arrays.items()},
+            step=None if steps is None else int(steps[i]),
+            epoch=None if epochs is None else float(epochs[i]),
+        )
+
+    return _ingest(
+        url,
+        [row(i) for i in range(t)],
+        layout,
+        store,
+        options,
+        verify_existing=verify_existing,
+        preflight=preflight,
+        progress=progress,
+    )
+
+
+def __getattr__(name: str):
+    # `from storage.ingest import TrajectoryCallback` without importing transformers eagerly.
+    if name == "TrajectoryCallback":
+        from storage.callback import TrajectoryCallback
+
+        return TrajectoryCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "IngestReport",
+    "StoreOptions",
+    "TrajectoryCallback",  # noqa: F822 - resolved lazily by __getattr__
+    "flat_layout",
+    "ingest_arrays",
+    "ingest_checkpoints",
+    "load_arrays",
+]
