@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from client.cli import basis, ingest, inspect
+from client.cli import basis, demo, ingest, inspect
 from client.cli.common import err_console
 from storage.errors import TinysubError
 
@@ -21,6 +21,7 @@ app = typer.Typer(
 app.add_typer(basis.app, name="basis")
 app.command("inspect")(inspect.inspect_cmd)
 app.command("ingest")(ingest.ingest_cmd)
+app.command("demo")(demo.demo_cmd)
 
 
 def run(argv: list[str] | None = None) -> int:
