@@ -9,6 +9,7 @@ install tinysub without torch (a registry host that only serves bases).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -99,6 +100,69 @@ class Products:
             else:
                 out[a : a + v.shape[0]] = v.cpu().numpy()
         return out
+
+    # ---------------------------------------------------------------- randomized SVD
+    def _dev(self, a: np.ndarray):
+        """A small float64 matrix on the device."""
+        a = np.ascontiguousarray(a, dtype=np.float64)
+        return a if self.device == "numpy" else torch.from_numpy(a).to(self.device)
+
+    def _host(self, x) -> np.ndarray:
+        return x if self.device == "numpy" else x.cpu().numpy()
+
+    def sketch(
+        self,
+        block: np.ndarray,
+        omega: Callable[[int, int], np.ndarray],
+        e: np.ndarray,
+        refs: list[tuple[slice, np.ndarray]] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The first pass of a randomized SVD over one column block of X (n, c), in float64.
+
+        omega(a, b) gives rows [a, b) of this block's test matrix, (b - a, l); e (n, r) holds
+        row-weight vectors. Returns Y = X Omega (n, l), the squared row norms of X (n,) and
+        |X^T e_j|^2 for each column of e (r,): the last two give the total energy of any
+        selection or centring of the rows without a Gram.
+        """
+        n, c = block.shape
+        ed = self._dev(e)
+        y = sq = esq = None
+        for a in range(0, c, SUB_BLOCK):
+            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
+            b = a + x.shape[1]
+            yb = x @ self._dev(omega(a, b))
+            sqb = (x * x).sum(1)
+            xe = x.T @ ed  # (sub, r)
+            esqb = (xe * xe).sum(0)
+            y, sq, esq = (yb, sqb, esqb) if y is None else (y + yb, sq + sqb, esq + esqb)
+        if y is None:  # an empty block
+            return np.zeros((n, omega(0, 0).shape[1])), np.zeros(n), np.zeros(e.shape[1])
+        return self._host(y), self._host(sq), self._host(esq)
+
+    def power(
+        self,
+        block: np.ndarray,
+        m: np.ndarray,
+        refs: list[tuple[slice, np.ndarray]] | None = None,
+        *,
+        rayleigh: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Z = X X^T M (n, L) over one column block, and with rayleigh=True also
+        C = (X^T M)^T (X^T M) (L, L), in float64: one power iteration / Rayleigh-Ritz step."""
+        n, c = block.shape
+        md = self._dev(m)
+        z = cc = None
+        for a in range(0, c, SUB_BLOCK):
+            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
+            xm = x.T @ md  # (sub, L)
+            zb = x @ xm
+            z = zb if z is None else z + zb
+            if rayleigh:
+                cb = xm.T @ xm
+                cc = cb if cc is None else cc + cb
+        if z is None:
+            return np.zeros((n, m.shape[1])), (np.zeros((m.shape[1],) * 2) if rayleigh else None)
+        return self._host(z), (self._host(cc) if rayleigh else None)
 
 
 def _cut(refs, a):

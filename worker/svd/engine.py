@@ -6,6 +6,10 @@ eigenproblem on a sub-block of that Gram (zero-shot = the unified rows minus one
 the global basis uses the sum of the layer Grams. Pass 2 reads each column block once and
 writes V for every basis from one product X_c^T [M_1 | M_2 | ...]. N+1 bases over N tasks cost
 two passes, not 2(N+1).
+
+method="randomized" replaces pass 1 by the sketch, power and Rayleigh-Ritz passes of
+`worker.svd.randomized` (q + 2 passes, shared by all bases in the same way); pass 2 is the
+same projection. Use it for long trajectories (n in the thousands) and k << n.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 import numpy as np
 
 from storage.basis import BasisStore, BasisWriter
-from storage.errors import InvalidInput, LayoutMismatch
+from storage.errors import Conflict, InvalidInput, LayoutMismatch
 from storage.trajectory import TrajectoryStore
 from worker.executors import Executor, LocalExecutor
 from worker.svd.gram import DEFAULT_RCOND, SmallSolve, check_mode, solve_gram
+from worker.svd.randomized import SketchParams, Target, randomized_on_executor
 from worker.svd.tasks import (
     BlockTask,
     HashTask,
@@ -38,6 +43,8 @@ from worker.svd.tasks import (
 log = logging.getLogger(__name__)
 
 SCOPES = ("layer", "global")
+METHODS = ("gram", "randomized")
+GLOBAL_KEY = "global"  # the reduction key of a global basis: every layer's blocks sum into it
 DEFAULT_BLOCK_COLS = 1 << 18
 
 
@@ -147,16 +154,27 @@ def compute_bases(
     device: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     overwrite: bool = False,
+    method: str = "gram",
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
 ) -> ComputeReport:
-    """Compute every requested basis with two passes over the sources' column blocks.
+    """Compute every requested basis with two passes over the sources' column blocks
+    (method="gram", exact) or q + 3 passes (method="randomized": oversample, power_iters
+    and seed as in `worker.svd.randomized.SketchParams`).
 
-    progress(phase, done, total) is called as blocks finish (phases: gram, project, hash).
+    progress(phase, done, total) is called as blocks finish (phases: gram, or sketch,
+    power i, rayleigh; then project, hash). Bad input raises before anything is written.
     """
     check_mode(mode)
     if scope not in SCOPES:
         raise InvalidInput(f"scope {scope!r} is not one of {list(SCOPES)}")
+    if method not in METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {list(METHODS)}")
+    params = SketchParams(oversample, power_iters, seed) if method == "randomized" else None
     if not sources or not requests:
         raise InvalidInput("nothing to compute: no sources or no bases requested")
+    _check_outputs(requests, overwrite)
     store0 = TrajectoryStore.open(sources[0].url, storage_options=sources[0].storage_options)
     layout = store0.layout
     group_names = list(groups) if groups else layout.group_names
@@ -190,15 +208,34 @@ def compute_bases(
 
             return cb
 
-        t0 = time.perf_counter()
-        grams = executor.map_reduce(
-            gram_block, blocks, key=lambda b: b.group, progress=tick("gram", len(blocks))
-        )
-        timings["gram"] = time.perf_counter() - t0
+        if params is None:
+            t0 = time.perf_counter()
+            grams = executor.map_reduce(
+                gram_block, blocks, key=lambda b: b.group, progress=tick("gram", len(blocks))
+            )
+            timings["gram"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        solves = _solve_all(grams, group_names, requests, mode, scope, rcond)
-        timings["eigh"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            solves = _solve_all(grams, group_names, requests, mode, scope, rcond)
+            timings["eigh"] = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            per_key = randomized_on_executor(
+                executor,
+                blocks,
+                (lambda b: GLOBAL_KEY) if scope == "global" else (lambda b: b.group),
+                n,
+                [Target(req.k, req.members) for req in requests],
+                mode=mode,
+                params=params,
+                rcond=rcond,
+                progress=tick,
+            )
+            solves = [
+                {g: per_key[GLOBAL_KEY if scope == "global" else g][r] for g in group_names}
+                for r in range(len(requests))
+            ]
+            timings["randomized"] = time.perf_counter() - t0
 
         writers = []
         for req, per_group in zip(requests, solves, strict=True):
@@ -259,6 +296,8 @@ def compute_bases(
                 "scope": scope,
                 "requested_rank": req.k,
                 "rcond": rcond,
+                "method": method,
+                "method_params": params.to_dict() if params else {},
                 "layout": layout.to_dict(),
                 "model_name": store0.model_name,
                 "revision": store0.revision,
@@ -268,11 +307,14 @@ def compute_bases(
                 **req.meta,
             }
             bases.append(w.commit(layers, meta))
+        # Rows read per pass: the selected rows plus theta0 where it is subtracted.
+        rows_read = sum(len(set(s.rows) | ({s.ref_row} - {None})) for s in sources)
+        passes = 2 if params is None else params.power_iters + 3
         return ComputeReport(
             bases=bases,
             seconds=timings,
             rows=n,
-            bytes_read=2 * 4 * n * sum(layout.group(g).size for g in group_names),
+            bytes_read=passes * 4 * rows_read * sum(layout.group(g).size for g in group_names),
         )
     finally:
         if own:
@@ -297,8 +339,8 @@ def _solve_all(
             sol = solve_gram(g_all, req.k, mode=mode, members=members, rcond=rcond)
             per = {}
             for g in group_names:
-                # Each layer holds its slice of the global V; the spectrum is the global one,
-                # and energy is reported as the layer's share of the captured variance.
+                # Each layer holds its slice of the global V (V_layer = X_layer^T m); the
+                # spectrum and energy recorded with every layer are the global ones.
                 per[g] = SmallSolve(
                     m=sol.m,
                     singular_values=sol.singular_values,
@@ -315,6 +357,21 @@ def _solve_all(
                 }
             )
     return out
+
+
+def _check_outputs(requests: Sequence[BasisRequest], overwrite: bool) -> None:
+    """Refuse before any work (and so before anything is written) when two bases would go to
+    one place or a finished basis would be replaced without overwrite=True."""
+    seen = set()
+    for req in requests:
+        if req.out_url in seen:
+            raise InvalidInput(f"two bases would be written to {req.out_url}")
+        seen.add(req.out_url)
+        if not overwrite and BasisStore.exists(req.out_url, req.storage_options):
+            raise Conflict(
+                f"a finished basis already exists at {req.out_url}; pass overwrite=True "
+                "to replace it"
+            )
 
 
 def _source_meta(s: SourceRows) -> dict:

@@ -1,0 +1,387 @@
+"""Randomized SVD of a long trajectory (many checkpoints) streamed by column chunks.
+
+When a checkpoint is kept every step, W (n x D) has n in the thousands and the exact route's
+Gram (n x n, 2 n^2 D flops) no longer pays off for a basis of k << n vectors. Halko, Martinsson
+and Tropp (2011, "Finding structure with randomness", Algorithms 4.3/4.4 and 5.1) find the
+top-k subspace from a sketch of l = k + p columns instead. With T the basis' row transform
+(selection, centring; see `gram.row_transform`) and X the rows in float64 (theta0 subtracted
+in `delta`/`centered` modes, as in the Gram route):
+
+1. sketch:  Y = T X Omega = sum_c T X_c Omega_c (n x l); Omega_c (c x l) Gaussian, generated
+   on the worker from (seed, group, column) so nothing D-sized is stored or shipped;
+2. q power iterations: Q = qr(Y); Y <- T X X^T T^T Q = sum_c T X_c (X_c^T T^T Q);
+3. Rayleigh-Ritz: C = B B^T with B = Q^T T X, accumulated per chunk in float64 (l x l);
+   eigh(C) = U_B S^2 U_B^T;
+4. pass 2 (the Gram route's projection): V = X^T T^T Q U_B S^-1, chunk by chunk.
+
+Every pass is one map over column blocks whose results (n x l, small) are summed by the
+executor's map_reduce, so the route runs on the local, Dask and Ray executors like the Gram
+route. Passes over the data: q + 3 (sketch, q power steps, Rayleigh-Ritz, projection).
+Memory: O(n l + l^2) per block result, O(n * chunk) per worker. Flops: about 2 (2q + 3) n l D.
+Error (HMT Thm. 10.6): the subspace error decays like (sigma_{l+1}/sigma_k)^(2q+1); QR is
+taken only on the short side (n x l), which limits resolvable singular values to about
+sqrt(eps64) ~ 1e-8 of sigma_1, far below the cutoff `rcond` anyway.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from storage.errors import InvalidInput
+from worker.executors.base import Executor, tree_reduce
+from worker.svd.backend import Products
+from worker.svd.gram import (
+    DEFAULT_RCOND,
+    Basis,
+    SmallSolve,
+    check_mode,
+    check_rank,
+    column_chunks,
+    fix_signs,
+    keep_count,
+    member_chunks,
+    row_transform,
+)
+from worker.svd.tasks import BlockTask, read_block
+
+# Omega's rows are generated in units of this many columns, so the test matrix of a column is
+# the same whatever the block boundaries (and so is the basis).
+OMEGA_UNIT = 8192
+
+
+@dataclass(frozen=True)
+class SketchParams:
+    """Randomized SVD settings: l = k + oversample sketch columns, power_iters power
+    iterations, and the seed of the Gaussian test matrix."""
+
+    oversample: int = 10
+    power_iters: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("oversample", "power_iters", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
+                raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}")
+
+    def to_dict(self) -> dict:
+        return {
+            "oversample": int(self.oversample),
+            "power_iters": int(self.power_iters),
+            "seed": int(self.seed),
+        }
+
+
+def _group_key(group: str) -> int:
+    # A stable integer per group (Python's hash() is salted per process).
+    return int.from_bytes(hashlib.sha256(group.encode()).digest()[:8], "little")
+
+
+def gaussian_rows(seed: int, group: str, start: int, stop: int, width: int) -> np.ndarray:
+    """Rows [start, stop) of the group's test matrix Omega (D, width), float64.
+
+    Column j of unit u (OMEGA_UNIT rows) comes from its own generator seeded by
+    (seed, group, u, j): any block can make its rows, and the first columns do not depend on
+    width, so bases of different ranks share them.
+    """
+    out = np.empty((stop - start, width))
+    gk = _group_key(group)
+    for u in range(start // OMEGA_UNIT, (stop - 1) // OMEGA_UNIT + 1 if stop > start else 0):
+        a, b = max(start, u * OMEGA_UNIT), min(stop, (u + 1) * OMEGA_UNIT)
+        lo, hi = a - u * OMEGA_UNIT, b - u * OMEGA_UNIT
+        for j in range(width):
+            rng = np.random.default_rng([seed, gk, u, j])
+            out[a - start : b - start, j] = rng.standard_normal(hi, dtype=np.float32)[lo:]
+    return out
+
+
+@dataclass
+class SketchPart:
+    """Pass-1 result of some column blocks; parts add up to the whole group's."""
+
+    y: np.ndarray  # (n, l) X Omega
+    sq_norms: np.ndarray  # (n,) squared row norms of X
+    weighted_sq: np.ndarray  # (r,) |X^T e_j|^2 per row-weight vector e_j
+
+    def __add__(self, other: SketchPart) -> SketchPart:
+        return SketchPart(
+            self.y + other.y, self.sq_norms + other.sq_norms, self.weighted_sq + other.weighted_sq
+        )
+
+
+@dataclass
+class PowerPart:
+    """A power-iteration (and, in the last one, Rayleigh-Ritz) result of some column blocks."""
+
+    z: np.ndarray  # (n, L) X X^T M
+    c: np.ndarray | None  # (L, L) M^T X X^T M, only in the Rayleigh-Ritz pass
+
+    def __add__(self, other: PowerPart) -> PowerPart:
+        c = None if self.c is None else self.c + other.c
+        return PowerPart(self.z + other.z, c)
+
+
+def sketch_part(
+    x: np.ndarray,
+    refs,
+    *,
+    group: str,
+    start: int,
+    seed: int,
+    width: int,
+    e: np.ndarray,
+    device: str | None = None,
+) -> SketchPart:
+    """SketchPart of the block x (n, c) whose first column is column `start` of the group."""
+    y, sq, esq = Products(device).sketch(
+        x, lambda a, b: gaussian_rows(seed, group, start + a, start + b, width), e, refs
+    )
+    return SketchPart(y, sq, esq)
+
+
+def power_part(
+    x: np.ndarray, refs, m: np.ndarray, *, rayleigh: bool, device: str | None = None
+) -> PowerPart:
+    z, c = Products(device).power(x, m, refs, rayleigh=rayleigh)
+    return PowerPart(z, c)
+
+
+# --------------------------------------------------------------------------- chunk tasks
+@dataclass(frozen=True)
+class SketchTask:
+    block: BlockTask
+    seed: int
+    width: int
+    e: np.ndarray  # (n, r) row weights for the energies of centred bases
+
+
+@dataclass(frozen=True)
+class PowerTask:
+    block: BlockTask
+    m: np.ndarray  # (n, L) the bases' T^T Q side by side
+    rayleigh: bool
+
+
+def sketch_block(task: SketchTask) -> SketchPart:
+    """Pass 1 on a worker: read the block from its store, sketch it."""
+    x, refs = read_block(task.block)
+    b = task.block
+    return sketch_part(
+        x,
+        refs,
+        group=b.group,
+        start=b.start,
+        seed=task.seed,
+        width=task.width,
+        e=task.e,
+        device=b.device,
+    )
+
+
+def power_block(task: PowerTask) -> PowerPart:
+    """A power iteration (or the Rayleigh-Ritz pass) on a worker."""
+    x, refs = read_block(task.block)
+    return power_part(x, refs, task.m, rayleigh=task.rayleigh, device=task.block.device)
+
+
+# --------------------------------------------------------------------------- the small side
+@dataclass(frozen=True)
+class Target:
+    """One basis of a computation: its member rows (None = all) and rank."""
+
+    k: int
+    members: Sequence[int] | None = None
+
+
+RunSketch = Callable[[int, np.ndarray], dict[Hashable, SketchPart]]
+RunPower = Callable[[dict[Hashable, np.ndarray], bool], dict[Hashable, PowerPart]]
+
+
+def randomized_solves(
+    run_sketch: RunSketch,
+    run_power: RunPower,
+    n: int,
+    targets: Sequence[Target],
+    *,
+    mode: str,
+    params: SketchParams,
+    rcond: float = DEFAULT_RCOND,
+) -> dict[Hashable, list[SmallSolve]]:
+    """Drive the sketch, power and Rayleigh-Ritz passes for several bases at once.
+
+    run_sketch(width, e) and run_power(ms, rayleigh) run one pass over the data and return
+    the summed parts per key (a layer group, or one key for a global basis). All targets
+    share every pass: the sketch X Omega is computed once for all rows and each target takes
+    T Y; the power passes multiply by all targets' T^T Q side by side. Returns, per key, one
+    SmallSolve per target (V = X^T m), like `gram.solve_gram`.
+    """
+    check_mode(mode)
+    ts = [row_transform(n, tg.members, mode) for tg in targets]
+    for tg, t in zip(targets, ts, strict=True):
+        check_rank(tg.k, t.shape[0])
+    widths = [min(tg.k + params.oversample, t.shape[0]) for tg, t in zip(targets, ts, strict=True)]
+    offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
+    # Centred bases need |sum of member rows|^2 for their total energy: one weight vector each.
+    e = np.zeros((n, len(targets) if mode == "centered" else 0))
+    if mode == "centered":
+        for j, t in enumerate(ts):
+            e[:, j] = np.abs(t).sum(axis=0) > 0
+    sk = run_sketch(max(widths), e)
+    totals = {key: _totals(part, ts, targets, mode, n) for key, part in sk.items()}
+    qs = {
+        key: [_orth(t @ part.y[:, :w]) for t, w in zip(ts, widths, strict=True)]
+        for key, part in sk.items()
+    }
+    for it in range(params.power_iters + 1):
+        rayleigh = it == params.power_iters
+        ms = {
+            key: np.hstack([t.T @ q for t, q in zip(ts, qk, strict=True)]) for key, qk in qs.items()
+        }
+        pw = run_power(ms, rayleigh)
+        if not rayleigh:
+            qs = {
+                key: [
+                    _orth(t @ pw[key].z[:, offsets[r] : offsets[r + 1]]) for r, t in enumerate(ts)
+                ]
+                for key in qs
+            }
+    out: dict[Hashable, list[SmallSolve]] = {}
+    for key, qk in qs.items():
+        c = pw[key].c
+        out[key] = [
+            _ritz(
+                c[offsets[r] : offsets[r + 1], offsets[r] : offsets[r + 1]],
+                qk[r],
+                ts[r],
+                targets[r].k,
+                totals[key][r],
+                rcond,
+            )
+            for r in range(len(ts))
+        ]
+    return out
+
+
+def _orth(y: np.ndarray) -> np.ndarray:
+    if not np.all(np.isfinite(y)):
+        raise InvalidInput("the trajectory holds NaN or Inf values; its sketch is not finite")
+    return np.linalg.qr(y, mode="reduced")[0]
+
+
+def _totals(part: SketchPart, ts, targets, mode: str, n: int) -> list[float]:
+    """|T X|_F^2 per target: the squared norms of its member rows, minus |sum|^2 / n_r when
+    centred (the energy removed with the mean)."""
+    out = []
+    for j, (t, tg) in enumerate(zip(ts, targets, strict=True)):
+        idx = np.arange(n) if tg.members is None else np.asarray(tg.members)
+        total = float(part.sq_norms[idx].sum())
+        if mode == "centered":
+            total -= float(part.weighted_sq[j]) / t.shape[0]
+        out.append(max(total, 0.0))
+    return out
+
+
+def _ritz(c, q, t, k: int, total: float, rcond: float) -> SmallSolve:
+    """Rayleigh-Ritz on span(T^T Q): C = B B^T, B = Q^T T X."""
+    c = (c + c.T) / 2
+    lam, ub = np.linalg.eigh(c)
+    lam, ub = lam[::-1], ub[:, ::-1]
+    s = np.sqrt(np.clip(lam, 0.0, None))
+    keep = keep_count(s, k, rcond)
+    u = fix_signs(q @ ub[:, :keep])  # (n_r, keep) left singular vectors of T X
+    s = s[:keep]
+    m = t.T @ (u / s)
+    energy = (s**2) / total if total > 0 else np.zeros_like(s)
+    return SmallSolve(m=m, singular_values=s, energy=energy, total_energy=total, requested_rank=k)
+
+
+# --------------------------------------------------------------------------- entry points
+def randomized_basis(
+    w: np.ndarray,
+    k: int,
+    *,
+    mode: str = "raw",
+    ref_row: int | None = 0,
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
+    chunk_cols: int = 1 << 18,
+    rcond: float = DEFAULT_RCOND,
+    device: str | None = None,
+    group: str = "",
+) -> Basis:
+    """Top-k right singular vectors of an in-memory W (t, D) by randomized SVD.
+
+    Same modes and ref_row as `gram.svd_basis`. `group` is mixed into Omega's seed (the store
+    route uses the layer group's name): with the same group, seed and chunking this gives the
+    same bytes as `compute_bases(..., method="randomized")`. Memory: O(t * chunk + t * l).
+    """
+    params = SketchParams(oversample, power_iters, seed)
+    blocks = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
+    starts = np.concatenate([[0], np.cumsum([x.shape[1] for x, _ in blocks])]).astype(int)
+    prod = Products(device)
+
+    def run_sketch(width, e):
+        parts = [
+            sketch_part(
+                x, refs, group=group, start=int(a), seed=seed, width=width, e=e, device=device
+            )
+            for (x, refs), a in zip(blocks, starts, strict=False)
+        ]
+        return {group: tree_reduce(parts, operator.add)}
+
+    def run_power(ms, rayleigh):
+        parts = [
+            power_part(x, refs, ms[group], rayleigh=rayleigh, device=device) for x, refs in blocks
+        ]
+        return {group: tree_reduce(parts, operator.add)}
+
+    n = blocks[0][0].shape[0]
+    (sol,) = randomized_solves(
+        run_sketch, run_power, n, [Target(k)], mode=mode, params=params, rcond=rcond
+    )[group]
+    v = np.concatenate([prod.project(x, sol.m, refs) for x, refs in blocks], axis=0)
+    return Basis(v=v, singular_values=sol.singular_values, energy=sol.energy, mode=mode)
+
+
+def randomized_on_executor(
+    executor: Executor,
+    blocks: Sequence[BlockTask],
+    key: Callable[[BlockTask], Hashable],
+    n: int,
+    targets: Sequence[Target],
+    *,
+    mode: str,
+    params: SketchParams,
+    rcond: float = DEFAULT_RCOND,
+    progress: Callable[[str, int], Callable[[int], None]] | None = None,
+) -> dict[Hashable, list[SmallSolve]]:
+    """`randomized_solves` with each pass a map_reduce of chunk tasks that read their own block
+    from the store on the worker. progress(phase, total) returns a per-task callback."""
+
+    def cb(phase):
+        return progress(phase, len(blocks)) if progress else None
+
+    def run_sketch(width, e):
+        tasks = [SketchTask(b, params.seed, width, e) for b in blocks]
+        return executor.map_reduce(
+            sketch_block, tasks, key=lambda tk: key(tk.block), progress=cb("sketch")
+        )
+
+    passes = iter(range(1, params.power_iters + 2))
+
+    def run_power(ms, rayleigh):
+        phase = "rayleigh" if rayleigh else f"power {next(passes)}"
+        tasks = [PowerTask(b, ms[key(b)], rayleigh) for b in blocks]
+        return executor.map_reduce(
+            power_block, tasks, key=lambda tk: key(tk.block), progress=cb(phase)
+        )
+
+    return randomized_solves(
+        run_sketch, run_power, n, targets, mode=mode, params=params, rcond=rcond
+    )
