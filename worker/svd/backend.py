@@ -1,9 +1,10 @@
 """Where the dense products run: torch on a GPU when present, torch on the CPU, else numpy.
 
-The kernels only need two products on float64 sub-blocks: X X^T (the Gram) and X^T M (the
-projection). torch's CPU BLAS (MKL/oneDNN) runs the skinny float64 products about twice as fast
-as numpy's OpenBLAS here, and the same code runs on CUDA; numpy is the fallback for hosts that
-install tinysub without torch (a registry host that only serves bases).
+The kernels need a few products on float64 sub-blocks: X X^T (the Gram), X^T M (the
+projection), and for randomized SVD X Omega and X (X^T M). torch's CPU BLAS (MKL/oneDNN) runs
+the skinny float64 products about twice as fast as numpy's OpenBLAS here, and the same code runs
+on CUDA; numpy is the fallback for hosts that install tinysub without torch (a registry host
+that only serves bases).
 """
 
 from __future__ import annotations
@@ -120,24 +121,23 @@ class Products:
         """The first pass of a randomized SVD over one column block of X (n, c), in float64.
 
         omega(a, b) gives rows [a, b) of this block's test matrix, (b - a, l); e (n, r) holds
-        row-weight vectors. Returns Y = X Omega (n, l), the squared row norms of X (n,) and
-        |X^T e_j|^2 for each column of e (r,): the last two give the total energy of any
-        selection or centring of the rows without a Gram.
+        a few row-weight vectors. Returns Y = X Omega (n, l), the squared row norms of X (n,)
+        and X X^T e (n, r): enough for the total energy |T X|_F^2 of a selection, centring or
+        shift of the rows without the whole Gram.
         """
         n, c = block.shape
         ed = self._dev(e)
-        y = sq = esq = None
+        y = sq = ge = None
         for a in range(0, c, SUB_BLOCK):
             x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
             b = a + x.shape[1]
             yb = x @ self._dev(omega(a, b))
             sqb = (x * x).sum(1)
-            xe = x.T @ ed  # (sub, r)
-            esqb = (xe * xe).sum(0)
-            y, sq, esq = (yb, sqb, esqb) if y is None else (y + yb, sq + sqb, esq + esqb)
+            geb = x @ (x.T @ ed)  # (n, r)
+            y, sq, ge = (yb, sqb, geb) if y is None else (y + yb, sq + sqb, ge + geb)
         if y is None:  # an empty block
-            return np.zeros((n, omega(0, 0).shape[1])), np.zeros(n), np.zeros(e.shape[1])
-        return self._host(y), self._host(sq), self._host(esq)
+            return np.zeros((n, omega(0, 0).shape[1])), np.zeros(n), np.zeros(e.shape)
+        return self._host(y), self._host(sq), self._host(ge)
 
     def power(
         self,

@@ -129,11 +129,14 @@ def make_sources(
             )
     out = []
     for i, (store, sel) in enumerate(zip(stores, selections, strict=True)):
+        # theta0 (row 0) is subtracted in delta/centered modes; in raw mode the first
+        # source's theta0 is only a float64 shift of every row (see worker.svd.gram).
+        ref_row = 0 if mode != "raw" or i == 0 else None
         out.append(
             SourceRows(
                 url=store.url,
                 rows=select_rows(store, sel, mode),
-                ref_row=None if mode == "raw" else 0,
+                ref_row=ref_row,
                 label=labels[i] if labels else store.url,
                 storage_options_json=json.dumps(store.loc.storage_options, sort_keys=True),
             )
@@ -193,7 +196,7 @@ def compute_bases(
     timings: dict[str, float] = {}
     try:
         blocks = [
-            BlockTask(tuple(sources), g, a, b, device)
+            BlockTask(tuple(sources), g, a, b, device, augment=mode == "raw")
             for g in group_names
             for a, b in store0.column_ranges(g, block_cols)
         ]
@@ -216,7 +219,7 @@ def compute_bases(
             timings["gram"] = time.perf_counter() - t0
 
             t0 = time.perf_counter()
-            solves = _solve_all(grams, group_names, requests, mode, scope, rcond)
+            solves = _solve_all(grams, group_names, requests, mode, scope, rcond, mode == "raw")
             timings["eigh"] = time.perf_counter() - t0
         else:
             t0 = time.perf_counter()
@@ -229,6 +232,7 @@ def compute_bases(
                 mode=mode,
                 params=params,
                 rcond=rcond,
+                augmented=mode == "raw",
                 progress=tick,
             )
             solves = [
@@ -328,6 +332,7 @@ def _solve_all(
     mode: str,
     scope: str,
     rcond: float,
+    augmented: bool,
 ) -> list[dict[str, SmallSolve]]:
     out = []
     if scope == "global":
@@ -336,7 +341,9 @@ def _solve_all(
     for req in requests:
         members = None if req.members is None else np.asarray(req.members)
         if scope == "global":
-            sol = solve_gram(g_all, req.k, mode=mode, members=members, rcond=rcond)
+            sol = solve_gram(
+                g_all, req.k, mode=mode, members=members, rcond=rcond, augmented=augmented
+            )
             per = {}
             for g in group_names:
                 # Each layer holds its slice of the global V (V_layer = X_layer^T m); the
@@ -352,7 +359,14 @@ def _solve_all(
         else:
             out.append(
                 {
-                    g: solve_gram(grams[g], req.k, mode=mode, members=members, rcond=rcond)
+                    g: solve_gram(
+                        grams[g],
+                        req.k,
+                        mode=mode,
+                        members=members,
+                        rcond=rcond,
+                        augmented=augmented,
+                    )
                     for g in group_names
                 }
             )

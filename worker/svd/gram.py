@@ -3,24 +3,33 @@
 W (t x D) has t in the tens and D in the millions. Instead of an SVD of W, two passes over its
 column chunks:
 
-1. G = sum_c X_c X_c^T (t x t), accumulated in float64;
+1. G = sum_c X_c X_c^T (n x n), accumulated in float64;
 2. eigh(G) = U diag(S^2) U^T; then V_c = X_c^T U S^-1 (chunk by chunk, float64 products).
 
 This is Spark's `RowMatrix.computeSVD` path for few columns and the Gram step of TSQR-free
 out-of-core SVDs. Memory: O(t^2 + t * chunk). Flops: 2 t^2 D + 2 t k D.
 
 Why float64: the Gram squares the condition number. With float32 accumulation the smallest
-singular vectors of a trajectory whose spectrum spans 10^3 are wrong by 0.04 to 0.38 rad, and in
+singular vectors of a trajectory whose spectrum spans 10^3 are wrong by 0.02 to 0.38 rad, and in
 `raw` mode (|theta0| dominates, sigma_1/sigma_i up to 10^5) float32 gives NaN. float64 products
 of float32 inputs are exact, so the only error is float64 accumulation and the eigensolver:
-about eps64 * (sigma_1/sigma_i)^2, i.e. 1e-6 rad at a ratio of 10^5. Pass 2 runs in float64 for
-the same reason: X^T u_i / sigma_i cancels catastrophically for small sigma_i.
+about eps64 * (sigma_1/sigma_i)^2 relative on sigma_i^2, 1e-10 at a ratio of 10^3. Pass 2 runs
+in float64 for the same reason: X^T u_i / sigma_i cancels catastrophically for small sigma_i.
 
 Modes (what X is):
-- `raw`: the selected checkpoints as stacked in the paper;
+- `raw`: the selected checkpoints as stacked in the paper. At a ratio of 10^5 the bound above
+  reaches 1e-6 (measured: |V^T V - I| = 1.03e-6), so raw mode never forms that Gram: the rows
+  are shifted by theta0 (r) in float64 and r is appended as one more row, Z = [W - 1 r^T; r^T].
+  Z's Gram [[K, a], [a^T, |r|^2]] keeps the large |r|^2 apart from the small K; the Schur
+  complement K - a a^T / |r|^2 gives a factor F with F F^T = Gram(Z), and the SVD of
+  [I | 1] F (n x (n+1)) has absolute error eps64 * sigma_1, i.e. 1e-11 relative at 10^5.
 - `delta`: each checkpoint minus theta0 (row 0 of its trajectory), subtracted in float64;
 - `centered`: the selected checkpoints minus their mean (PCA), computed as delta rows then
-  centred on the small t x t Gram, so theta0 never cancels against itself in float64.
+  centred on the small Gram, so theta0 never cancels against itself in float64.
+
+A basis is always the SVD of T Z for a small row transform T (`row_transform`: selection of
+member rows, centring, and [I | 1] for the shift row), so several bases (unified, zero-shot)
+come from one Gram of all rows.
 """
 
 from __future__ import annotations
@@ -77,11 +86,15 @@ def centering_transform(n: int) -> np.ndarray:
     return np.eye(n) - np.full((n, n), 1.0 / n)
 
 
-def row_transform(n_all: int, members=None, mode: str = "raw") -> np.ndarray:
-    """T (n, n_all): the rows of one basis' matrix as combinations of the computation's rows.
+def row_transform(
+    n_all: int, members=None, mode: str = "raw", *, augmented: bool = False
+) -> np.ndarray:
+    """T (n, n_all [+1]): the rows of one basis' matrix as combinations of the computed rows.
 
-    Selection of the members (default all), then, in `centered` mode, the centring projector
-    on them. A basis is the SVD of T X; both the Gram and the randomized route work with T.
+    Selection of the members (indices into the n_all rows of X; default all), then, in
+    `centered` mode, the centring projector on them. With augmented=True the computed rows
+    are Z = [X; r^T] (X shifted by r, raw mode) and T gets a last column that adds r back:
+    T = T_sel [I | 1]. A basis is the SVD of T Z; both the Gram and the randomized route use T.
     """
     idx = np.arange(n_all) if members is None else np.asarray(members, dtype=np.int64)
     if idx.size == 0:
@@ -93,6 +106,8 @@ def row_transform(n_all: int, members=None, mode: str = "raw") -> np.ndarray:
     t = np.eye(n_all)[idx]
     if mode == "centered":
         t = centering_transform(idx.size) @ t
+    if augmented:
+        t = np.hstack([t, t.sum(axis=1, keepdims=True)])
     return t
 
 
@@ -120,31 +135,61 @@ def solve_gram(
     mode: str = "raw",
     members: np.ndarray | None = None,
     rcond: float = DEFAULT_RCOND,
+    augmented: bool = False,
 ) -> SmallSolve:
-    """Eigen-decompose the Gram of the chosen rows and return the pass-2 matrix.
+    """The SVD of the chosen rows from their Gram, and the pass-2 matrix.
 
-    g: (n, n) float64 Gram of X (all rows of a computation); members: which of its n rows
-    form this basis (default all). For `centered`, the members are centred on the small Gram.
-    Singular values at or below rcond * sigma_1 are dropped (never divided by), so the rank
-    returned can be below k.
+    g: float64 Gram of the computed rows Z (n_all x n_all; with augmented=True, n_all + 1 with
+    the shift row last, see the module docstring); members: which rows of X form this basis
+    (default all), centred on the small Gram in `centered` mode. Singular values at or below
+    rcond * sigma_1 are dropped (never divided by), so the rank returned can be below k.
+    Returns m with V = Z^T m.
     """
     check_mode(mode)
     if not np.all(np.isfinite(g)):
         raise InvalidInput("the trajectory holds NaN or Inf values; its Gram is not finite")
-    t = row_transform(g.shape[0], members, mode)
+    n_all = g.shape[0] - int(augmented)
+    t = row_transform(n_all, members, mode, augmented=augmented)
     check_rank(k, t.shape[0])
-    gb = t @ g @ t.T
-    gb = (gb + gb.T) / 2  # exact symmetry for eigh
-    lam, u = np.linalg.eigh(gb)
-    lam, u = lam[::-1], u[:, ::-1]
-    total = float(max(np.trace(gb), 0.0))
-    s = np.sqrt(np.clip(lam, 0.0, None))
+    if augmented:
+        # SVD of a factor of T Gram(Z) T^T: the large |r|^2 never meets the small K in one sum.
+        u, s, _ = np.linalg.svd(t @ shifted_factor(g), full_matrices=False)
+        total = float(np.sum(s**2))
+    else:
+        gb = t @ g @ t.T
+        gb = (gb + gb.T) / 2  # exact symmetry for eigh
+        lam, u = np.linalg.eigh(gb)
+        lam, u = lam[::-1], u[:, ::-1]
+        total = float(max(np.trace(gb), 0.0))
+        s = np.sqrt(np.clip(lam, 0.0, None))
     keep = keep_count(s, k, rcond)
     u = fix_signs(u[:, :keep])
     s = s[:keep]
-    m = t.T @ (u / s)  # (n_all, keep)
+    m = t.T @ (u / s)  # (n_all [+1], keep)
     energy = (s**2) / total if total > 0 else np.zeros_like(s)
     return SmallSolve(m=m, singular_values=s, energy=energy, total_energy=total, requested_rank=k)
+
+
+def shifted_factor(g: np.ndarray) -> np.ndarray:
+    """F ((n+1) x (n+1)) with F F^T = g, for the Gram g = [[K, a], [a^T, g0]] of Z = [X; r^T].
+
+    Block LDL^T with g0 = |r|^2 as the pivot: g = L diag(S, g0) L^T, S = K - a a^T / g0 (the
+    Schur complement, of the size of K, PSD), so F = [[S^1/2, a / sqrt(g0)], [0, sqrt(g0)]].
+    Every float64 sum here is of terms of the size of its result: errors stay relative to |X|^2,
+    not |r|^2. Memory and time O(n^3) on the small side only.
+    """
+    n = g.shape[0] - 1
+    kk, a, g0 = g[:n, :n], g[:n, n], float(g[n, n])
+    f = np.zeros_like(g)
+    if g0 > 0:
+        schur = kk - np.outer(a, a) / g0
+        f[:n, n] = a / np.sqrt(g0)
+        f[n, n] = np.sqrt(g0)
+    else:  # r = 0: nothing was shifted
+        schur = kk
+    lam, q = np.linalg.eigh((schur + schur.T) / 2)
+    f[:n, :n] = q * np.sqrt(np.clip(lam, 0.0, None))
+    return f
 
 
 @dataclass
@@ -172,20 +217,22 @@ def gram_basis(
 ) -> Basis:
     """Top-k right singular vectors of W (t x D) given as a re-iterable of column chunks.
 
-    Pass 1 accumulates G = sum_c X_c X_c^T in float64 (n x n); eigh(G) gives U and S^2; pass 2
-    forms V_c = X_c^T U S^-1. Memory: O(t^2 + t * chunk). Exact up to rounding. Reference:
-    the Gram path of Spark's `RowMatrix.computeSVD` for few columns.
+    Pass 1 accumulates G = sum_c Z_c Z_c^T in float64 (n x n); the small SVD gives U and S;
+    pass 2 forms V_c = Z_c^T U S^-1. Memory: O(t^2 + t * chunk). Exact up to rounding (see the
+    module docstring for the error). Reference: the Gram path of Spark's
+    `RowMatrix.computeSVD` for few columns.
 
-    What X is (see `member_chunks`): `raw`, all t rows; `delta`, the rows other than `ref_row`
-    minus that row (theta0); `centered`, the same rows centred (with ref_row=None: all t rows
-    centred). The per-chunk Grams are summed as a pairwise tree in chunk order, the order the
-    executors use, so the same chunking gives the same bytes as `compute_bases`.
+    What X is (see `member_chunks`): `raw`, all t rows (shifted by row `ref_row`, if given,
+    for accuracy); `delta`, the rows other than `ref_row` minus that row (theta0);
+    `centered`, the same rows centred (with ref_row=None: all t rows centred). Chunk Grams
+    are summed as a pairwise tree in chunk order, the order the executors use, so the same
+    chunking gives the same bytes as `compute_bases`.
     """
     check_mode(mode)
     prod = Products(device)
-    blocks = member_chunks(chunks, mode, ref_row)
+    blocks, augmented = member_chunks(chunks, mode, ref_row)
     g = tree_reduce([prod.gram(x, refs) for x, refs in blocks], operator.add)
-    solve = solve_gram(g, k, mode=mode, rcond=rcond)
+    solve = solve_gram(g, k, mode=mode, rcond=rcond, augmented=augmented)
     v = np.concatenate([prod.project(x, solve.m, refs) for x, refs in blocks], axis=0)
     return Basis(v=v, singular_values=solve.singular_values, energy=solve.energy, mode=mode)
 
@@ -195,11 +242,12 @@ RefRows = list[tuple[slice, np.ndarray]]
 
 def member_chunks(
     chunks: Iterable[np.ndarray], mode: str, ref_row: int | None
-) -> list[tuple[np.ndarray, RefRows | None]]:
-    """Each column chunk of W (t, c) as (rows of X, theta0 to subtract from them in float64).
+) -> tuple[list[tuple[np.ndarray, RefRows | None]], bool]:
+    """Each column chunk of W (t, c) as (rows of Z, the row to subtract from them in float64),
+    and whether Z ends with the shift row (raw mode with a ref_row).
 
     The rows are selected before any product, exactly as a chunk task reads them from a store,
-    so the in-memory and store routes multiply the same (n, c) matrices.
+    so the in-memory and store routes multiply the same matrices.
     """
     check_mode(mode)
     chunk_list = list(chunks)
@@ -208,12 +256,14 @@ def member_chunks(
     t = chunk_list[0].shape[0]
     if any(c.ndim != 2 or c.shape[0] != t for c in chunk_list):
         raise InvalidInput(f"column chunks must all be 2-d with {t} rows")
-    if mode == "raw":
-        return [(c, None) for c in chunk_list]
     if ref_row is None and mode == "delta":
         raise InvalidInput("delta mode subtracts theta0: give ref_row, the row that holds it")
     if ref_row is not None and not 0 <= ref_row < t:
         raise InvalidInput(f"ref_row {ref_row} is not a row of a trajectory with {t} rows")
+    if mode == "raw":
+        if ref_row is None:
+            return [(c, None) for c in chunk_list], False
+        return [(np.vstack([c, c[ref_row]]), [(slice(0, t), c[ref_row])]) for c in chunk_list], True
     if ref_row is None:
         # PCA of all rows: row 0 is subtracted only as a shift (centring removes it again), so
         # the large common part never cancels against itself on the Gram.
@@ -223,7 +273,7 @@ def member_chunks(
     if rows.size == 0:
         raise InvalidInput(f"a {mode} basis needs a checkpoint besides theta0; W has {t} row(s)")
     n = rows.size
-    return [(c[rows], [(slice(0, n), c[shift])]) for c in chunk_list]
+    return [(c[rows], [(slice(0, n), c[shift])]) for c in chunk_list], False
 
 
 def svd_basis(

@@ -104,13 +104,13 @@ def gaussian_rows(seed: int, group: str, start: int, stop: int, width: int) -> n
 class SketchPart:
     """Pass-1 result of some column blocks; parts add up to the whole group's."""
 
-    y: np.ndarray  # (n, l) X Omega
-    sq_norms: np.ndarray  # (n,) squared row norms of X
-    weighted_sq: np.ndarray  # (r,) |X^T e_j|^2 per row-weight vector e_j
+    y: np.ndarray  # (n, l) Z Omega
+    sq_norms: np.ndarray  # (n,) squared row norms of Z
+    gram_e: np.ndarray  # (n, r) Z Z^T e_j per row-weight vector e_j
 
     def __add__(self, other: SketchPart) -> SketchPart:
         return SketchPart(
-            self.y + other.y, self.sq_norms + other.sq_norms, self.weighted_sq + other.weighted_sq
+            self.y + other.y, self.sq_norms + other.sq_norms, self.gram_e + other.gram_e
         )
 
 
@@ -211,28 +211,27 @@ def randomized_solves(
     mode: str,
     params: SketchParams,
     rcond: float = DEFAULT_RCOND,
+    augmented: bool = False,
 ) -> dict[Hashable, list[SmallSolve]]:
     """Drive the sketch, power and Rayleigh-Ritz passes for several bases at once.
 
-    run_sketch(width, e) and run_power(ms, rayleigh) run one pass over the data and return
-    the summed parts per key (a layer group, or one key for a global basis). All targets
-    share every pass: the sketch X Omega is computed once for all rows and each target takes
-    T Y; the power passes multiply by all targets' T^T Q side by side. Returns, per key, one
-    SmallSolve per target (V = X^T m), like `gram.solve_gram`.
+    n is the number of rows of X; with augmented=True the computed rows are Z = [X; r^T]
+    (raw mode, see `gram.row_transform`). run_sketch(width, e) and run_power(ms, rayleigh) run
+    one pass over the data and return the summed parts per key (a layer group, or one key for
+    a global basis). All targets share every pass: the sketch Z Omega is computed once for all
+    rows and each target takes T Y; the power passes multiply by all targets' T^T Q side by
+    side. Returns, per key, one SmallSolve per target (V = Z^T m), like `gram.solve_gram`.
     """
     check_mode(mode)
-    ts = [row_transform(n, tg.members, mode) for tg in targets]
+    ts = [row_transform(n, tg.members, mode, augmented=augmented) for tg in targets]
     for tg, t in zip(targets, ts, strict=True):
         check_rank(tg.k, t.shape[0])
     widths = [min(tg.k + params.oversample, t.shape[0]) for tg, t in zip(targets, ts, strict=True)]
     offsets = np.concatenate([[0], np.cumsum(widths)]).astype(int)
-    # Centred bases need |sum of member rows|^2 for their total energy: one weight vector each.
-    e = np.zeros((n, len(targets) if mode == "centered" else 0))
-    if mode == "centered":
-        for j, t in enumerate(ts):
-            e[:, j] = np.abs(t).sum(axis=0) > 0
+    members = [np.arange(n) if tg.members is None else np.asarray(tg.members) for tg in targets]
+    e = _energy_weights(n, members, mode, augmented)
     sk = run_sketch(max(widths), e)
-    totals = {key: _totals(part, ts, targets, mode, n) for key, part in sk.items()}
+    totals = {key: _totals(part, members, mode, augmented) for key, part in sk.items()}
     qs = {
         key: [_orth(t @ part.y[:, :w]) for t, w in zip(ts, widths, strict=True)]
         for key, part in sk.items()
@@ -273,15 +272,33 @@ def _orth(y: np.ndarray) -> np.ndarray:
     return np.linalg.qr(y, mode="reduced")[0]
 
 
-def _totals(part: SketchPart, ts, targets, mode: str, n: int) -> list[float]:
-    """|T X|_F^2 per target: the squared norms of its member rows, minus |sum|^2 / n_r when
-    centred (the energy removed with the mean)."""
+def _energy_weights(n: int, members, mode: str, augmented: bool) -> np.ndarray:
+    """Row weights e whose Z Z^T e gives each target's total energy: the member indicator of
+    each centred target, or the shift row alone in raw mode."""
+    if mode == "centered":
+        e = np.zeros((n, len(members)))
+        for j, idx in enumerate(members):
+            e[idx, j] = 1.0
+        return e
+    if augmented:
+        e = np.zeros((n + 1, 1))
+        e[n, 0] = 1.0
+        return e
+    return np.zeros((n + int(augmented), 0))
+
+
+def _totals(part: SketchPart, members, mode: str, augmented: bool) -> list[float]:
+    """|T Z|_F^2 per target without the Gram: the member rows' squared norms; minus
+    |sum|^2 / n_r when centred (the energy removed with the mean); plus 2 x_i.r + |r|^2 per row
+    when the rows were shifted by r (raw mode)."""
     out = []
-    for j, (t, tg) in enumerate(zip(ts, targets, strict=True)):
-        idx = np.arange(n) if tg.members is None else np.asarray(tg.members)
+    for j, idx in enumerate(members):
         total = float(part.sq_norms[idx].sum())
         if mode == "centered":
-            total -= float(part.weighted_sq[j]) / t.shape[0]
+            total -= float(part.gram_e[idx, j].sum()) / idx.size
+        elif augmented:
+            col = part.gram_e[:, 0]  # Gram(Z) e_last = (X r, |r|^2)
+            total += float(2 * col[idx].sum() + idx.size * col[-1])
         out.append(max(total, 0.0))
     return out
 
@@ -322,7 +339,7 @@ def randomized_basis(
     same bytes as `compute_bases(..., method="randomized")`. Memory: O(t * chunk + t * l).
     """
     params = SketchParams(oversample, power_iters, seed)
-    blocks = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
+    blocks, augmented = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
     starts = np.concatenate([[0], np.cumsum([x.shape[1] for x, _ in blocks])]).astype(int)
     prod = Products(device)
 
@@ -341,9 +358,16 @@ def randomized_basis(
         ]
         return {group: tree_reduce(parts, operator.add)}
 
-    n = blocks[0][0].shape[0]
+    n = blocks[0][0].shape[0] - int(augmented)
     (sol,) = randomized_solves(
-        run_sketch, run_power, n, [Target(k)], mode=mode, params=params, rcond=rcond
+        run_sketch,
+        run_power,
+        n,
+        [Target(k)],
+        mode=mode,
+        params=params,
+        rcond=rcond,
+        augmented=augmented,
     )[group]
     v = np.concatenate([prod.project(x, sol.m, refs) for x, refs in blocks], axis=0)
     return Basis(v=v, singular_values=sol.singular_values, energy=sol.energy, mode=mode)
@@ -359,6 +383,7 @@ def randomized_on_executor(
     mode: str,
     params: SketchParams,
     rcond: float = DEFAULT_RCOND,
+    augmented: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[Hashable, list[SmallSolve]]:
     """`randomized_solves` with each pass a map_reduce of chunk tasks that read their own block
@@ -383,5 +408,12 @@ def randomized_on_executor(
         )
 
     return randomized_solves(
-        run_sketch, run_power, n, targets, mode=mode, params=params, rcond=rcond
+        run_sketch,
+        run_power,
+        n,
+        targets,
+        mode=mode,
+        params=params,
+        rcond=rcond,
+        augmented=augmented,
     )

@@ -13,6 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from storage.basis import _open_array, layer_sha256
+from storage.errors import InvalidInput
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
 from worker.svd.backend import Products
@@ -35,11 +36,18 @@ class SourceRows:
 
 @dataclass(frozen=True)
 class BlockTask:
+    """Columns [start, stop) of one group, over the rows of every source.
+
+    augment (raw mode): the first source's ref_row (theta0) is subtracted from every row and
+    appended as the last row, Z = [W - 1 r^T; r^T] (see `worker.svd.gram`).
+    """
+
     sources: tuple[SourceRows, ...]
     group: str
     start: int
     stop: int
     device: str | None = None
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -76,8 +84,8 @@ def _open_store(url: str, options_json: str) -> TrajectoryStore:
 
 
 def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarray]]]:
-    """X's float32 rows for a block, and the (rows, theta0) pairs to subtract in float64."""
-    parts, refs, n = [], [], 0
+    """Z's float32 rows for a block, and the (rows, theta0) pairs to subtract in float64."""
+    parts, refs, n, shift = [], [], 0, None
     for src in task.sources:
         store = _open_store(src.url, src.storage_options_json)
         if store.num_rows <= max(src.rows + ((src.ref_row,) if src.ref_row is not None else ())):
@@ -88,9 +96,16 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarra
         block = store.read_block(task.group, task.start, task.stop, rows=sorted(set(wanted)))
         pos = {r: i for i, r in enumerate(sorted(set(wanted)))}
         parts.append(block[[pos[r] for r in src.rows]])
-        if src.ref_row is not None:
+        if src.ref_row is not None and task.augment:
+            shift = block[pos[src.ref_row]] if shift is None else shift
+        elif src.ref_row is not None:
             refs.append((slice(n, n + len(src.rows)), block[pos[src.ref_row]]))
         n += len(src.rows)
+    if task.augment:
+        if shift is None:
+            raise InvalidInput("raw mode shifts by theta0: the first source needs a ref_row")
+        parts.append(shift[None, :])
+        refs = [(slice(0, n), shift)]
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     return x, refs
 
