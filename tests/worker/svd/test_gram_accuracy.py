@@ -223,3 +223,14 @@ def test_solve_gram_members_and_centering_match_the_submatrix():
         np.testing.assert_allclose(sol.singular_values, s_ref[:3], rtol=1e-12)
     with pytest.raises(InvalidInput, match="twice"):
         solve_gram(x @ x.T, 2, members=[1, 1, 2])
+
+
+def test_raw_without_a_shift_row_is_the_plain_gram_of_the_rows():
+    """ref_row=None in raw mode skips the theta0 shift: same basis where the spectrum is mild."""
+    w = raw_trajectory(17, 300, low=1e-2, seed=8)
+    shifted = svd_basis(w, 17, mode="raw")
+    plain = svd_basis(w, 17, mode="raw", ref_row=None)
+    assert shifted.rank == plain.rank == 17
+    assert vector_angles(plain.v, shifted.v).max() <= 1e-5
+    np.testing.assert_allclose(plain.singular_values, shifted.singular_values, rtol=1e-9)
+    check_against_reference(shifted, w, "raw", full_range=False)
