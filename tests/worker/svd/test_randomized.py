@@ -19,15 +19,14 @@ from tests.worker.svd.spectra import (
 from worker.executors import LocalExecutor
 from worker.svd.bases import task_basis
 from worker.svd.gram import svd_basis
-from worker.svd.randomized import (
+from worker.svd.randomized import SketchParams, randomized_basis
+from worker.svd.sketch import (
     OMEGA_UNIT,
     PowerPart,
     PowerTask,
-    SketchParams,
     SketchTask,
     gaussian_rows,
     power_block,
-    randomized_basis,
     sketch_block,
 )
 from worker.svd.tasks import BlockTask, SourceRows
