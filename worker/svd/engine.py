@@ -10,6 +10,10 @@ two passes, not 2(N+1).
 method="randomized" replaces pass 1 by the sketch, power and Rayleigh-Ritz passes of
 `worker.svd.randomized` (q + 2 passes, shared by all bases in the same way); pass 2 is the
 same projection. Use it for long trajectories (n in the thousands) and k << n.
+
+Memory: on the driver, one n x n float64 Gram per group (or n x l sketches); on a worker, one
+column block (n x block_cols float32) plus a float64 sub-block. Workers write V blocks aligned
+with the store's chunks, so no two writers share a chunk of the basis.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ When a checkpoint is kept every step, W (n x D) has n in the thousands and the e
 Gram (n x n, 2 n^2 D flops) no longer pays off for a basis of k << n vectors. Halko, Martinsson
 and Tropp (2011, "Finding structure with randomness", Algorithms 4.3/4.4 and 5.1) find the
 top-k subspace from a sketch of l = k + p columns instead. With T the basis' row transform
-(selection, centring; see `gram.row_transform`) and X the rows in float64 (theta0 subtracted
-in `delta`/`centered` modes, as in the Gram route):
+(selection, centring, the raw-mode shift row; see `gram.row_transform`) and X the rows in
+float64 (theta0 subtracted as in the Gram route):
 
 1. sketch:  Y = T X Omega = sum_c T X_c Omega_c (n x l); Omega_c (c x l) Gaussian, generated
    on the worker from (seed, group, column) so nothing D-sized is stored or shipped;
@@ -14,13 +14,16 @@ in `delta`/`centered` modes, as in the Gram route):
    eigh(C) = U_B S^2 U_B^T;
 4. pass 2 (the Gram route's projection): V = X^T T^T Q U_B S^-1, chunk by chunk.
 
-Every pass is one map over column blocks whose results (n x l, small) are summed by the
-executor's map_reduce, so the route runs on the local, Dask and Ray executors like the Gram
-route. Passes over the data: q + 3 (sketch, q power steps, Rayleigh-Ritz, projection).
+Every pass is one map over column blocks (`worker.svd.sketch`: chunk tasks that read their
+block on the worker) whose results (n x l, small) are summed by the executor's map_reduce, so
+the route runs on the local, Dask and Ray executors like the Gram route. Passes over the data:
+q + 3 (sketch, q power steps, Rayleigh-Ritz, projection).
 Memory: O(n l + l^2) per block result, O(n * chunk) per worker. Flops: about 2 (2q + 3) n l D.
 Error (HMT Thm. 10.6): the subspace error decays like (sigma_{l+1}/sigma_k)^(2q+1); QR is
 taken only on the short side (n x l), which limits resolvable singular values to about
-sqrt(eps64) ~ 1e-8 of sigma_1, far below the cutoff `rcond` anyway.
+sqrt(eps64) ~ 1e-8 of sigma_1, far below the cutoff `rcond` anyway. C is nearly diagonal with
+entries graded like sigma_i sigma_j, so even raw-mode vectors at sigma_1/sigma_i = 1e5 come out
+within 3e-8 rad when l covers them (measured).
 """
 
 from __future__ import annotations
