@@ -42,7 +42,7 @@ import numpy as np
 
 from storage.errors import InvalidInput
 from worker.executors.base import tree_reduce
-from worker.svd.backend import Products
+from worker.svd.backend import Products, RowBlock
 
 MODES = ("raw", "delta", "centered")
 DEFAULT_RCOND = 1e-5
@@ -230,24 +230,20 @@ def gram_basis(
     """
     check_mode(mode)
     prod = Products(device)
-    blocks, augmented = member_chunks(chunks, mode, ref_row)
-    g = tree_reduce([prod.gram(x, refs) for x, refs in blocks], operator.add)
+    blocks = member_chunks(chunks, mode, ref_row)
+    augmented = blocks[0][2] is not None
+    g = tree_reduce([prod.gram(*b) for b in blocks], operator.add)
     solve = solve_gram(g, k, mode=mode, rcond=rcond, augmented=augmented)
-    v = np.concatenate([prod.project(x, solve.m, refs) for x, refs in blocks], axis=0)
+    v = np.concatenate([prod.project(x, solve.m, refs, app) for x, refs, app in blocks], axis=0)
     return Basis(v=v, singular_values=solve.singular_values, energy=solve.energy, mode=mode)
 
 
-RefRows = list[tuple[slice, np.ndarray]]
+def member_chunks(chunks: Iterable[np.ndarray], mode: str, ref_row: int | None) -> list[RowBlock]:
+    """Each column chunk of W (t, c) as the rows of Z: (rows of X, the row to subtract from
+    them in float64, the shift row appended after them in raw mode with a ref_row, else None).
 
-
-def member_chunks(
-    chunks: Iterable[np.ndarray], mode: str, ref_row: int | None
-) -> tuple[list[tuple[np.ndarray, RefRows | None]], bool]:
-    """Each column chunk of W (t, c) as (rows of Z, the row to subtract from them in float64),
-    and whether Z ends with the shift row (raw mode with a ref_row).
-
-    The rows are selected before any product, exactly as a chunk task reads them from a store,
-    so the in-memory and store routes multiply the same matrices.
+    The rows are those a chunk task reads from a store, so the in-memory and store routes
+    multiply the same matrices. Slices, not copies, where the rows are contiguous.
     """
     check_mode(mode)
     chunk_list = list(chunks)
@@ -262,18 +258,20 @@ def member_chunks(
         raise InvalidInput(f"ref_row {ref_row} is not a row of a trajectory with {t} rows")
     if mode == "raw":
         if ref_row is None:
-            return [(c, None) for c in chunk_list], False
-        return [(np.vstack([c, c[ref_row]]), [(slice(0, t), c[ref_row])]) for c in chunk_list], True
+            return [(c, None, None) for c in chunk_list]
+        return [(c, [(slice(0, t), c[ref_row])], c[ref_row]) for c in chunk_list]
     if ref_row is None:
         # PCA of all rows: row 0 is subtracted only as a shift (centring removes it again), so
         # the large common part never cancels against itself on the Gram.
-        rows, shift = np.arange(t), 0
+        rows, shift = slice(0, t), 0
+    elif ref_row in (0, t - 1):
+        rows, shift = slice(1, t) if ref_row == 0 else slice(0, t - 1), ref_row
     else:
         rows, shift = np.array([i for i in range(t) if i != ref_row]), ref_row
-    if rows.size == 0:
+    n = t if ref_row is None else t - 1
+    if n == 0:
         raise InvalidInput(f"a {mode} basis needs a checkpoint besides theta0; W has {t} row(s)")
-    n = rows.size
-    return [(c[rows], [(slice(0, n), c[shift])]) for c in chunk_list], False
+    return [(c[rows], [(slice(0, n), c[shift])], None) for c in chunk_list]
 
 
 def svd_basis(

@@ -235,26 +235,23 @@ def randomized_basis(
     same bytes as `compute_bases(..., method="randomized")`. Memory: O(t * chunk + t * l).
     """
     params = SketchParams(oversample, power_iters, seed)
-    blocks, augmented = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
-    starts = np.concatenate([[0], np.cumsum([x.shape[1] for x, _ in blocks])]).astype(int)
+    blocks = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
+    augmented = blocks[0][2] is not None
+    starts = np.concatenate([[0], np.cumsum([b[0].shape[1] for b in blocks])]).astype(int)
     prod = Products(device)
 
     def run_sketch(width, e):
         parts = [
-            sketch_part(
-                x, refs, group=group, start=int(a), seed=seed, width=width, e=e, device=device
-            )
-            for (x, refs), a in zip(blocks, starts, strict=False)
+            sketch_part(b, group=group, start=int(a), seed=seed, width=width, e=e, device=device)
+            for b, a in zip(blocks, starts, strict=False)
         ]
         return {group: tree_reduce(parts, operator.add)}
 
     def run_power(ms, rayleigh):
-        parts = [
-            power_part(x, refs, ms[group], rayleigh=rayleigh, device=device) for x, refs in blocks
-        ]
+        parts = [power_part(b, ms[group], rayleigh=rayleigh, device=device) for b in blocks]
         return {group: tree_reduce(parts, operator.add)}
 
-    n = blocks[0][0].shape[0] - int(augmented)
+    n = blocks[0][0].shape[0]  # rows of X; Z adds the shift row when augmented
     (sol,) = randomized_solves(
         run_sketch,
         run_power,
@@ -265,7 +262,7 @@ def randomized_basis(
         rcond=rcond,
         augmented=augmented,
     )[group]
-    v = np.concatenate([prod.project(x, sol.m, refs) for x, refs in blocks], axis=0)
+    v = np.concatenate([prod.project(x, sol.m, refs, app) for x, refs, app in blocks], axis=0)
     return Basis(v=v, singular_values=sol.singular_values, energy=sol.energy, mode=mode)
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from worker.svd.backend import Products
+from worker.svd.backend import Products, RowBlock
 from worker.svd.tasks import BlockTask, read_block
 
 # Omega's rows are generated in units of this many columns, so the test matrix of a column is
@@ -73,8 +73,7 @@ class PowerPart:
 
 
 def sketch_part(
-    x: np.ndarray,
-    refs,
+    rows: RowBlock,
     *,
     group: str,
     start: int,
@@ -83,17 +82,19 @@ def sketch_part(
     e: np.ndarray,
     device: str | None = None,
 ) -> SketchPart:
-    """SketchPart of the block x (n, c) whose first column is column `start` of the group."""
-    y, sq, esq = Products(device).sketch(
-        x, lambda a, b: gaussian_rows(seed, group, start + a, start + b, width), e, refs
+    """SketchPart of a block whose first column is column `start` of the group."""
+    x, refs, append = rows
+    y, sq, ge = Products(device).sketch(
+        x, lambda a, b: gaussian_rows(seed, group, start + a, start + b, width), e, refs, append
     )
-    return SketchPart(y, sq, esq)
+    return SketchPart(y, sq, ge)
 
 
 def power_part(
-    x: np.ndarray, refs, m: np.ndarray, *, rayleigh: bool, device: str | None = None
+    rows: RowBlock, m: np.ndarray, *, rayleigh: bool, device: str | None = None
 ) -> PowerPart:
-    z, c = Products(device).power(x, m, refs, rayleigh=rayleigh)
+    x, refs, append = rows
+    z, c = Products(device).power(x, m, refs, append, rayleigh=rayleigh)
     return PowerPart(z, c)
 
 
@@ -115,11 +116,9 @@ class PowerTask:
 
 def sketch_block(task: SketchTask) -> SketchPart:
     """Pass 1 on a worker: read the block from its store, sketch it."""
-    x, refs = read_block(task.block)
     b = task.block
     return sketch_part(
-        x,
-        refs,
+        read_block(b),
         group=b.group,
         start=b.start,
         seed=task.seed,
@@ -131,5 +130,6 @@ def sketch_block(task: SketchTask) -> SketchPart:
 
 def power_block(task: PowerTask) -> PowerPart:
     """A power iteration (or the Rayleigh-Ritz pass) on a worker."""
-    x, refs = read_block(task.block)
-    return power_part(x, refs, task.m, rayleigh=task.rayleigh, device=task.block.device)
+    return power_part(
+        read_block(task.block), task.m, rayleigh=task.rayleigh, device=task.block.device
+    )

@@ -16,7 +16,7 @@ from storage.basis import _open_array, layer_sha256
 from storage.errors import InvalidInput
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
-from worker.svd.backend import Products
+from worker.svd.backend import Products, Refs
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,9 @@ def _open_store(url: str, options_json: str) -> TrajectoryStore:
     return TrajectoryStore.open(url, storage_options=json.loads(options_json))
 
 
-def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarray]]]:
-    """Z's float32 rows for a block, and the (rows, theta0) pairs to subtract in float64."""
+def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
+    """A block's float32 rows, the (rows, theta0) pairs to subtract from them in float64, and
+    the shift row to append after them (raw mode, else None): together the rows of Z."""
     parts, refs, n, shift = [], [], 0, None
     for src in task.sources:
         store = _open_store(src.url, src.storage_options_json)
@@ -104,22 +105,21 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarra
     if task.augment:
         if shift is None:
             raise InvalidInput("raw mode shifts by theta0: the first source needs a ref_row")
-        parts.append(shift[None, :])
         refs = [(slice(0, n), shift)]
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    return x, refs
+    return x, refs, shift
 
 
 def gram_block(task: BlockTask) -> np.ndarray:
     """(n, n) float64 Gram of X restricted to one column block."""
-    x, refs = read_block(task)
-    return Products(task.device).gram(x, refs)
+    x, refs, append = read_block(task)
+    return Products(task.device).gram(x, refs, append)
 
 
 def project_block(task: ProjectTask) -> int:
     """V rows of one block for every output basis; returns bytes written."""
-    x, refs = read_block(task.block)
-    v = Products(task.block.device).project(x, task.m, refs)  # (c, K) float32
+    x, refs, append = read_block(task.block)
+    v = Products(task.block.device).project(x, task.m, refs, append)  # (c, K) float32
     written = 0
     for out in task.outputs:
         loc = Location.from_url(out.url, json.loads(out.storage_options_json))
