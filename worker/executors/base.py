@@ -35,12 +35,17 @@ class Executor(ABC):
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
     ) -> dict[Hashable, Any]:
-        """Sum fn(item) per key(item). Subclasses reduce on the cluster."""
-        out: dict[Hashable, Any] = {}
-        for item, res in zip(items, self.map(fn, items, progress), strict=True):
-            k = key(item)
-            out[k] = res if k not in out else combine(out[k], res)
-        return out
+        """Sum fn(item) per key(item). Subclasses reduce on the cluster.
+
+        The sum is a pairwise tree in item order, the same association the Dask and Ray
+        executors use: float addition is not associative, so this is what makes every
+        executor (and the in-memory kernels) produce the same bytes.
+        """
+        results = self.map(fn, items, progress)
+        return {
+            k: tree_reduce([results[i] for i in idx], combine)
+            for k, idx in group_indices(items, key).items()
+        }
 
     def close(self) -> None:
         """Release what the executor started (clusters it created, thread pools)."""

@@ -5,6 +5,10 @@ Thin wrappers over `compute_bases` that choose rows and members:
 - unified: checkpoints of several tasks (e.g. the last one of each) in one basis;
 - zeroshot: for each task, the unified rows without that task's own rows;
 - global: one basis for the whole encoder, from the sum of the layer Grams.
+
+Every keyword not named here goes to `compute_bases`: executor, block_cols, device, progress,
+overwrite, rcond, and the method: "gram" (exact, two passes) or "randomized" (Halko, Martinsson
+and Tropp 2011; oversample, power_iters, seed) for long trajectories with k << rows.
 """
 
 from __future__ import annotations
@@ -34,7 +38,10 @@ def task_basis(
     storage_options: dict | None = None,
     **kw,
 ) -> ComputeReport:
-    """The basis of one task's own trajectory (scope='global' for the whole-encoder one)."""
+    """The basis of one task's own trajectory (scope='global' for the whole-encoder one).
+
+    selection: which checkpoints (see `engine.select_rows`; default all after theta0).
+    """
     store = TrajectoryStore.open(store_url, storage_options=storage_options)
     sources = make_sources([store], [selection], mode)
     kind = "global" if scope == "global" else "task"

@@ -6,6 +6,14 @@ eigenproblem on a sub-block of that Gram (zero-shot = the unified rows minus one
 the global basis uses the sum of the layer Grams. Pass 2 reads each column block once and
 writes V for every basis from one product X_c^T [M_1 | M_2 | ...]. N+1 bases over N tasks cost
 two passes, not 2(N+1).
+
+method="randomized" replaces pass 1 by the sketch, power and Rayleigh-Ritz passes of
+`worker.svd.randomized` (q + 2 passes, shared by all bases in the same way); pass 2 is the
+same projection. Use it for long trajectories (n in the thousands) and k << n.
+
+Memory: on the driver, one n x n float64 Gram per group (or n x l sketches); on a worker, one
+column block (n x block_cols float32) plus a float64 sub-block. Workers write V blocks aligned
+with the store's chunks, so no two writers share a chunk of the basis.
 """
 
 from __future__ import annotations
@@ -20,10 +28,12 @@ from typing import Any
 import numpy as np
 
 from storage.basis import BasisStore, BasisWriter
-from storage.errors import InvalidInput, LayoutMismatch
+from storage.errors import Conflict, InvalidInput
 from storage.trajectory import TrajectoryStore
 from worker.executors import Executor, LocalExecutor
 from worker.svd.gram import DEFAULT_RCOND, SmallSolve, check_mode, solve_gram
+from worker.svd.randomized import SketchParams, Target, randomized_on_executor
+from worker.svd.sources import make_sources, select_rows
 from worker.svd.tasks import (
     BlockTask,
     HashTask,
@@ -37,7 +47,18 @@ from worker.svd.tasks import (
 
 log = logging.getLogger(__name__)
 
+__all__ = [
+    "BasisRequest",
+    "ComputeReport",
+    "compute_bases",
+    "inputs_digest",
+    "make_sources",  # re-exported: callers build sources and bases from one module
+    "select_rows",
+]
+
 SCOPES = ("layer", "global")
+METHODS = ("gram", "randomized")
+GLOBAL_KEY = "global"  # the reduction key of a global basis: every layer's blocks sum into it
 DEFAULT_BLOCK_COLS = 1 << 18
 
 
@@ -61,79 +82,6 @@ class ComputeReport:
     bytes_read: int
 
 
-def select_rows(
-    store: TrajectoryStore, selection: str | Sequence[int] | None, mode: str
-) -> tuple[int, ...]:
-    """Resolve a checkpoint selection: None/'all' (rows 1..t-1, the fine-tuning checkpoints),
-    'last', 'every:K', 'first:K', 'last:K', or explicit row indices."""
-    t = store.num_rows
-    if t == 0:
-        raise InvalidInput(f"trajectory {store.url} is empty")
-    ckpts = list(range(1, t))
-    if selection is None or selection == "all":
-        rows = ckpts
-    elif isinstance(selection, str):
-        kind, _, arg = selection.partition(":")
-        try:
-            n = int(arg) if arg else None
-        except ValueError:
-            raise InvalidInput(f"bad checkpoint selection {selection!r}") from None
-        if kind == "last" and n is None:
-            rows = ckpts[-1:]
-        elif kind == "last" and n:
-            rows = ckpts[-n:]
-        elif kind == "first" and n:
-            rows = ckpts[:n]
-        elif kind == "every" and n:
-            rows = ckpts[n - 1 :: n]
-        else:
-            raise InvalidInput(
-                f"bad checkpoint selection {selection!r}; use all, last, "
-                "last:K, first:K, every:K or row indices"
-            )
-    else:
-        rows = sorted({int(r) for r in selection})
-        bad = [r for r in rows if not 0 <= r < t]
-        if bad:
-            raise InvalidInput(f"rows {bad} are not in {store.url}, which has {t} rows")
-    if mode != "raw":
-        rows = [r for r in rows if r != 0]
-    if not rows:
-        raise InvalidInput(
-            f"trajectory {store.url} has {t} row(s): no checkpoint after theta0 "
-            f"to build a {mode} basis from"
-        )
-    return tuple(rows)
-
-
-def make_sources(
-    stores: Sequence[TrajectoryStore],
-    selections: Sequence,
-    mode: str,
-    labels: Sequence[str] | None = None,
-) -> list[SourceRows]:
-    check_mode(mode)
-    first = stores[0]
-    for s in stores[1:]:
-        if s.layout.hash != first.layout.hash:
-            raise LayoutMismatch(
-                f"{s.url} has layout {s.layout.hash[:12]} but {first.url} has "
-                f"{first.layout.hash[:12]}: bases need one model layout"
-            )
-    out = []
-    for i, (store, sel) in enumerate(zip(stores, selections, strict=True)):
-        out.append(
-            SourceRows(
-                url=store.url,
-                rows=select_rows(store, sel, mode),
-                ref_row=None if mode == "raw" else 0,
-                label=labels[i] if labels else store.url,
-                storage_options_json=json.dumps(store.loc.storage_options, sort_keys=True),
-            )
-        )
-    return out
-
-
 def compute_bases(
     sources: Sequence[SourceRows],
     requests: Sequence[BasisRequest],
@@ -147,16 +95,27 @@ def compute_bases(
     device: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     overwrite: bool = False,
+    method: str = "gram",
+    oversample: int = 10,
+    power_iters: int = 2,
+    seed: int = 0,
 ) -> ComputeReport:
-    """Compute every requested basis with two passes over the sources' column blocks.
+    """Compute every requested basis with two passes over the sources' column blocks
+    (method="gram", exact) or q + 3 passes (method="randomized": oversample, power_iters
+    and seed as in `worker.svd.randomized.SketchParams`).
 
-    progress(phase, done, total) is called as blocks finish (phases: gram, project, hash).
+    progress(phase, done, total) is called as blocks finish (phases: gram, or sketch,
+    power i, rayleigh; then project, hash). Bad input raises before anything is written.
     """
     check_mode(mode)
     if scope not in SCOPES:
         raise InvalidInput(f"scope {scope!r} is not one of {list(SCOPES)}")
+    if method not in METHODS:
+        raise InvalidInput(f"method {method!r} is not one of {list(METHODS)}")
+    params = SketchParams(oversample, power_iters, seed) if method == "randomized" else None
     if not sources or not requests:
         raise InvalidInput("nothing to compute: no sources or no bases requested")
+    _check_outputs(requests, overwrite)
     store0 = TrajectoryStore.open(sources[0].url, storage_options=sources[0].storage_options)
     layout = store0.layout
     group_names = list(groups) if groups else layout.group_names
@@ -175,7 +134,7 @@ def compute_bases(
     timings: dict[str, float] = {}
     try:
         blocks = [
-            BlockTask(tuple(sources), g, a, b, device)
+            BlockTask(tuple(sources), g, a, b, device, augment=mode == "raw")
             for g in group_names
             for a, b in store0.column_ranges(g, block_cols)
         ]
@@ -190,15 +149,35 @@ def compute_bases(
 
             return cb
 
-        t0 = time.perf_counter()
-        grams = executor.map_reduce(
-            gram_block, blocks, key=lambda b: b.group, progress=tick("gram", len(blocks))
-        )
-        timings["gram"] = time.perf_counter() - t0
+        if params is None:
+            t0 = time.perf_counter()
+            grams = executor.map_reduce(
+                gram_block, blocks, key=lambda b: b.group, progress=tick("gram", len(blocks))
+            )
+            timings["gram"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        solves = _solve_all(grams, group_names, requests, mode, scope, rcond)
-        timings["eigh"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            solves = _solve_all(grams, group_names, requests, mode, scope, rcond, mode == "raw")
+            timings["eigh"] = time.perf_counter() - t0
+        else:
+            t0 = time.perf_counter()
+            per_key = randomized_on_executor(
+                executor,
+                blocks,
+                (lambda b: GLOBAL_KEY) if scope == "global" else (lambda b: b.group),
+                n,
+                [Target(req.k, req.members) for req in requests],
+                mode=mode,
+                params=params,
+                rcond=rcond,
+                augmented=mode == "raw",
+                progress=tick,
+            )
+            solves = [
+                {g: per_key[GLOBAL_KEY if scope == "global" else g][r] for g in group_names}
+                for r in range(len(requests))
+            ]
+            timings["randomized"] = time.perf_counter() - t0
 
         writers = []
         for req, per_group in zip(requests, solves, strict=True):
@@ -259,6 +238,8 @@ def compute_bases(
                 "scope": scope,
                 "requested_rank": req.k,
                 "rcond": rcond,
+                "method": method,
+                "method_params": params.to_dict() if params else {},
                 "layout": layout.to_dict(),
                 "model_name": store0.model_name,
                 "revision": store0.revision,
@@ -268,11 +249,14 @@ def compute_bases(
                 **req.meta,
             }
             bases.append(w.commit(layers, meta))
+        # Rows read per pass: the selected rows plus theta0 where it is subtracted.
+        rows_read = sum(len(set(s.rows) | ({s.ref_row} - {None})) for s in sources)
+        passes = 2 if params is None else params.power_iters + 3
         return ComputeReport(
             bases=bases,
             seconds=timings,
             rows=n,
-            bytes_read=2 * 4 * n * sum(layout.group(g).size for g in group_names),
+            bytes_read=passes * 4 * rows_read * sum(layout.group(g).size for g in group_names),
         )
     finally:
         if own:
@@ -286,6 +270,7 @@ def _solve_all(
     mode: str,
     scope: str,
     rcond: float,
+    augmented: bool,
 ) -> list[dict[str, SmallSolve]]:
     out = []
     if scope == "global":
@@ -294,11 +279,13 @@ def _solve_all(
     for req in requests:
         members = None if req.members is None else np.asarray(req.members)
         if scope == "global":
-            sol = solve_gram(g_all, req.k, mode=mode, members=members, rcond=rcond)
+            sol = solve_gram(
+                g_all, req.k, mode=mode, members=members, rcond=rcond, augmented=augmented
+            )
             per = {}
             for g in group_names:
-                # Each layer holds its slice of the global V; the spectrum is the global one,
-                # and energy is reported as the layer's share of the captured variance.
+                # Each layer holds its slice of the global V (V_layer = X_layer^T m); the
+                # spectrum and energy recorded with every layer are the global ones.
                 per[g] = SmallSolve(
                     m=sol.m,
                     singular_values=sol.singular_values,
@@ -310,11 +297,33 @@ def _solve_all(
         else:
             out.append(
                 {
-                    g: solve_gram(grams[g], req.k, mode=mode, members=members, rcond=rcond)
+                    g: solve_gram(
+                        grams[g],
+                        req.k,
+                        mode=mode,
+                        members=members,
+                        rcond=rcond,
+                        augmented=augmented,
+                    )
                     for g in group_names
                 }
             )
     return out
+
+
+def _check_outputs(requests: Sequence[BasisRequest], overwrite: bool) -> None:
+    """Refuse before any work (and so before anything is written) when two bases would go to
+    one place or a finished basis would be replaced without overwrite=True."""
+    seen = set()
+    for req in requests:
+        if req.out_url in seen:
+            raise InvalidInput(f"two bases would be written to {req.out_url}")
+        seen.add(req.out_url)
+        if not overwrite and BasisStore.exists(req.out_url, req.storage_options):
+            raise Conflict(
+                f"a finished basis already exists at {req.out_url}; pass overwrite=True "
+                "to replace it"
+            )
 
 
 def _source_meta(s: SourceRows) -> dict:

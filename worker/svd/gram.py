@@ -3,35 +3,46 @@
 W (t x D) has t in the tens and D in the millions. Instead of an SVD of W, two passes over its
 column chunks:
 
-1. G = sum_c X_c X_c^T (t x t), accumulated in float64;
+1. G = sum_c X_c X_c^T (n x n), accumulated in float64;
 2. eigh(G) = U diag(S^2) U^T; then V_c = X_c^T U S^-1 (chunk by chunk, float64 products).
 
 This is Spark's `RowMatrix.computeSVD` path for few columns and the Gram step of TSQR-free
 out-of-core SVDs. Memory: O(t^2 + t * chunk). Flops: 2 t^2 D + 2 t k D.
 
 Why float64: the Gram squares the condition number. With float32 accumulation the smallest
-singular vectors of a trajectory whose spectrum spans 10^3 are wrong by 0.04 to 0.38 rad, and in
+singular vectors of a trajectory whose spectrum spans 10^3 are wrong by 0.02 to 0.38 rad, and in
 `raw` mode (|theta0| dominates, sigma_1/sigma_i up to 10^5) float32 gives NaN. float64 products
 of float32 inputs are exact, so the only error is float64 accumulation and the eigensolver:
-about eps64 * (sigma_1/sigma_i)^2, i.e. 1e-6 rad at a ratio of 10^5. Pass 2 runs in float64 for
-the same reason: X^T u_i / sigma_i cancels catastrophically for small sigma_i.
+about eps64 * (sigma_1/sigma_i)^2 relative on sigma_i^2, 1e-10 at a ratio of 10^3. Pass 2 runs
+in float64 for the same reason: X^T u_i / sigma_i cancels catastrophically for small sigma_i.
 
 Modes (what X is):
-- `raw`: the selected checkpoints as stacked in the paper;
+- `raw`: the selected checkpoints as stacked in the paper. At a ratio of 10^5 the bound above
+  reaches 1e-6 (measured: |V^T V - I| = 1.03e-6), so raw mode never forms that Gram: the rows
+  are shifted by theta0 (r) in float64 and r is appended as one more row, Z = [W - 1 r^T; r^T].
+  Z's Gram [[K, a], [a^T, |r|^2]] keeps the large |r|^2 apart from the small K; the Schur
+  complement K - a a^T / |r|^2 gives a factor F with F F^T = Gram(Z), and the SVD of
+  [I | 1] F (n x (n+1)) has absolute error eps64 * sigma_1, i.e. 1e-11 relative at 10^5.
 - `delta`: each checkpoint minus theta0 (row 0 of its trajectory), subtracted in float64;
 - `centered`: the selected checkpoints minus their mean (PCA), computed as delta rows then
-  centred on the small t x t Gram, so theta0 never cancels against itself in float64.
+  centred on the small Gram, so theta0 never cancels against itself in float64.
+
+A basis is always the SVD of T Z for a small row transform T (`row_transform`: selection of
+member rows, centring, and [I | 1] for the shift row), so several bases (unified, zero-shot)
+come from one Gram of all rows.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
 
 from storage.errors import InvalidInput
-from worker.svd.backend import Products
+from worker.executors.base import tree_reduce
+from worker.svd.backend import Products, RowBlock
 
 MODES = ("raw", "delta", "centered")
 DEFAULT_RCOND = 1e-5
@@ -75,6 +86,48 @@ def centering_transform(n: int) -> np.ndarray:
     return np.eye(n) - np.full((n, n), 1.0 / n)
 
 
+def row_transform(
+    n_all: int, members=None, mode: str = "raw", *, augmented: bool = False
+) -> np.ndarray:
+    """T (n, n_all [+1]): the rows of one basis' matrix as combinations of the computed rows.
+
+    Selection of the members (indices into the n_all rows of X; default all), then, in
+    `centered` mode, the centring projector on them. With augmented=True the computed rows
+    are Z = [X; r^T] (X shifted by r, raw mode) and T gets a last column that adds r back:
+    T = T_sel [I | 1]. A basis is the SVD of T Z; both the Gram and the randomized route use T.
+    """
+    idx = np.arange(n_all) if members is None else np.asarray(members, dtype=np.int64)
+    if idx.size == 0:
+        raise InvalidInput("no rows were selected for this basis")
+    if idx.min() < 0 or idx.max() >= n_all:
+        raise InvalidInput(f"member rows {idx.tolist()} are outside the {n_all} rows computed")
+    if np.unique(idx).size != idx.size:
+        raise InvalidInput(f"member rows {idx.tolist()} name a row twice")
+    t = np.eye(n_all)[idx]
+    if mode == "centered":
+        t = centering_transform(idx.size) @ t
+    if augmented:
+        t = np.hstack([t, t.sum(axis=1, keepdims=True)])
+    return t
+
+
+def check_rank(k: int, n: int) -> None:
+    if k < 1 or k > n:
+        raise InvalidInput(f"trajectory has {n} rows but rank {k} was asked for; use 1 <= k <= {n}")
+
+
+def keep_count(s: np.ndarray, k: int, rcond: float) -> int:
+    """How many of the descending singular values s to keep: at most k, and only those above
+    rcond * s[0] (the rest are rounding noise of a rank-deficient X; dividing by them would
+    turn V into noise, NaN or Inf)."""
+    if s.size == 0 or not s[0] > 0 or not np.isfinite(s[0]):
+        raise InvalidInput(
+            "the selected rows are all zero (in this mode there is nothing to "
+            "span): a trajectory with one checkpoint in delta mode, say"
+        )
+    return min(k, int(np.count_nonzero(s > rcond * s[0])))
+
+
 def solve_gram(
     g: np.ndarray,
     k: int,
@@ -82,44 +135,61 @@ def solve_gram(
     mode: str = "raw",
     members: np.ndarray | None = None,
     rcond: float = DEFAULT_RCOND,
+    augmented: bool = False,
 ) -> SmallSolve:
-    """Eigen-decompose the Gram of the chosen rows and return the pass-2 matrix.
+    """The SVD of the chosen rows from their Gram, and the pass-2 matrix.
 
-    g: (n, n) float64 Gram of X (all rows of a computation); members: which of its n rows
-    form this basis (default all). For `centered`, the members are centred on the small Gram.
-    Singular values at or below rcond * sigma_1 are dropped (never divided by), so the rank
-    returned can be below k.
+    g: float64 Gram of the computed rows Z (n_all x n_all; with augmented=True, n_all + 1 with
+    the shift row last, see the module docstring); members: which rows of X form this basis
+    (default all), centred on the small Gram in `centered` mode. Singular values at or below
+    rcond * sigma_1 are dropped (never divided by), so the rank returned can be below k.
+    Returns m with V = Z^T m.
     """
     check_mode(mode)
-    n_all = g.shape[0]
-    idx = np.arange(n_all) if members is None else np.asarray(members, dtype=np.int64)
-    n = idx.size
-    if n == 0:
-        raise InvalidInput("no rows were selected for this basis")
-    if k < 1 or k > n:
-        raise InvalidInput(f"trajectory has {n} rows but rank {k} was asked for; use 1 <= k <= {n}")
-    # T maps the n_all rows of X to the rows of this basis' matrix: selection, then centring.
-    t = np.eye(n_all)[idx]
-    if mode == "centered":
-        t = centering_transform(n) @ t
-    gb = t @ g @ t.T
-    gb = (gb + gb.T) / 2  # exact symmetry for eigh
-    lam, u = np.linalg.eigh(gb)
-    lam, u = lam[::-1], u[:, ::-1]
-    total = float(max(np.trace(gb), 0.0))
-    lam_pos = np.clip(lam, 0.0, None)
-    s = np.sqrt(lam_pos)
-    if s[0] <= 0 or not np.isfinite(s[0]):
-        raise InvalidInput(
-            "the selected rows are all zero (in this mode there is nothing to "
-            "span): a trajectory with one checkpoint in delta mode, say"
-        )
-    keep = min(k, int(np.count_nonzero(s > rcond * s[0])))
+    if not np.all(np.isfinite(g)):
+        raise InvalidInput("the trajectory holds NaN or Inf values; its Gram is not finite")
+    n_all = g.shape[0] - int(augmented)
+    t = row_transform(n_all, members, mode, augmented=augmented)
+    check_rank(k, t.shape[0])
+    if augmented:
+        # SVD of a factor of T Gram(Z) T^T: the large |r|^2 never meets the small K in one sum.
+        u, s, _ = np.linalg.svd(t @ shifted_factor(g), full_matrices=False)
+        total = float(np.sum(s**2))
+    else:
+        gb = t @ g @ t.T
+        gb = (gb + gb.T) / 2  # exact symmetry for eigh
+        lam, u = np.linalg.eigh(gb)
+        lam, u = lam[::-1], u[:, ::-1]
+        total = float(max(np.trace(gb), 0.0))
+        s = np.sqrt(np.clip(lam, 0.0, None))
+    keep = keep_count(s, k, rcond)
     u = fix_signs(u[:, :keep])
     s = s[:keep]
-    m = t.T @ (u / s)  # (n_all, keep)
+    m = t.T @ (u / s)  # (n_all [+1], keep)
     energy = (s**2) / total if total > 0 else np.zeros_like(s)
     return SmallSolve(m=m, singular_values=s, energy=energy, total_energy=total, requested_rank=k)
+
+
+def shifted_factor(g: np.ndarray) -> np.ndarray:
+    """F ((n+1) x (n+1)) with F F^T = g, for the Gram g = [[K, a], [a^T, g0]] of Z = [X; r^T].
+
+    Block LDL^T with g0 = |r|^2 as the pivot: g = L diag(S, g0) L^T, S = K - a a^T / g0 (the
+    Schur complement, of the size of K, PSD), so F = [[S^1/2, a / sqrt(g0)], [0, sqrt(g0)]].
+    Every float64 sum here is of terms of the size of its result: errors stay relative to |X|^2,
+    not |r|^2. Memory and time O(n^3) on the small side only.
+    """
+    n = g.shape[0] - 1
+    kk, a, g0 = g[:n, :n], g[:n, n], float(g[n, n])
+    f = np.zeros_like(g)
+    if g0 > 0:
+        schur = kk - np.outer(a, a) / g0
+        f[:n, n] = a / np.sqrt(g0)
+        f[n, n] = np.sqrt(g0)
+    else:  # r = 0: nothing was shifted
+        schur = kk
+    lam, q = np.linalg.eigh((schur + schur.T) / 2)
+    f[:n, :n] = q * np.sqrt(np.clip(lam, 0.0, None))
+    return f
 
 
 @dataclass
@@ -147,30 +217,61 @@ def gram_basis(
 ) -> Basis:
     """Top-k right singular vectors of W (t x D) given as a re-iterable of column chunks.
 
-    Pass 1 accumulates G = sum_c X_c X_c^T in float64 (t x t); eigh(G) gives U and S^2; pass 2
-    forms V_c = X_c^T U S^-1. Memory: O(t^2 + t * chunk). Exact up to rounding. In `delta` and
-    `centered` modes X is W minus row `ref_row` (theta0), and that row itself is left out.
+    Pass 1 accumulates G = sum_c Z_c Z_c^T in float64 (n x n); the small SVD gives U and S;
+    pass 2 forms V_c = Z_c^T U S^-1. Memory: O(t^2 + t * chunk). Exact up to rounding (see the
+    module docstring for the error). Reference: the Gram path of Spark's
+    `RowMatrix.computeSVD` for few columns.
 
-    `chunks` is iterated twice, so pass a list or a re-iterable, not a generator.
+    What X is (see `member_chunks`): `raw`, all t rows (shifted by row `ref_row`, if given,
+    for accuracy); `delta`, the rows other than `ref_row` minus that row (theta0);
+    `centered`, the same rows centred (with ref_row=None: all t rows centred). Chunk Grams
+    are summed as a pairwise tree in chunk order, the order the executors use, so the same
+    chunking gives the same bytes as `compute_bases`.
     """
     check_mode(mode)
     prod = Products(device)
-    chunk_list = chunks if isinstance(chunks, list | tuple) else list(chunks)
-    if not chunk_list:
-        raise InvalidInput("no columns to decompose")
-    t = chunk_list[0].shape[0]
-    members, refs_of = _rows_for_mode(t, mode, ref_row)
-    g = sum(prod.gram(c, refs_of(c)) for c in chunk_list)
-    solve = solve_gram(g, k, mode=mode, members=members, rcond=rcond)
-    v = np.concatenate([prod.project(c, solve.m, refs_of(c)) for c in chunk_list], axis=0)
+    blocks = member_chunks(chunks, mode, ref_row)
+    augmented = blocks[0][2] is not None
+    g = tree_reduce([prod.gram(*b) for b in blocks], operator.add)
+    solve = solve_gram(g, k, mode=mode, rcond=rcond, augmented=augmented)
+    v = np.concatenate([prod.project(x, solve.m, refs, app) for x, refs, app in blocks], axis=0)
     return Basis(v=v, singular_values=solve.singular_values, energy=solve.energy, mode=mode)
 
 
-def _rows_for_mode(t: int, mode: str, ref_row: int | None):
-    if mode == "raw" or ref_row is None:
-        return None, lambda c: None
-    members = np.array([i for i in range(t) if i != ref_row])
-    return members, lambda c: [(slice(0, t), c[ref_row])]
+def member_chunks(chunks: Iterable[np.ndarray], mode: str, ref_row: int | None) -> list[RowBlock]:
+    """Each column chunk of W (t, c) as the rows of Z: (rows of X, the row to subtract from
+    them in float64, the shift row appended after them in raw mode with a ref_row, else None).
+
+    The rows are those a chunk task reads from a store, so the in-memory and store routes
+    multiply the same matrices. Slices, not copies, where the rows are contiguous.
+    """
+    check_mode(mode)
+    chunk_list = list(chunks)
+    if not chunk_list:
+        raise InvalidInput("no columns to decompose")
+    t = chunk_list[0].shape[0]
+    if any(c.ndim != 2 or c.shape[0] != t for c in chunk_list):
+        raise InvalidInput(f"column chunks must all be 2-d with {t} rows")
+    if ref_row is None and mode == "delta":
+        raise InvalidInput("delta mode subtracts theta0: give ref_row, the row that holds it")
+    if ref_row is not None and not 0 <= ref_row < t:
+        raise InvalidInput(f"ref_row {ref_row} is not a row of a trajectory with {t} rows")
+    if mode == "raw":
+        if ref_row is None:
+            return [(c, None, None) for c in chunk_list]
+        return [(c, [(slice(0, t), c[ref_row])], c[ref_row]) for c in chunk_list]
+    if ref_row is None:
+        # PCA of all rows: row 0 is subtracted only as a shift (centring removes it again), so
+        # the large common part never cancels against itself on the Gram.
+        rows, shift = slice(0, t), 0
+    elif ref_row in (0, t - 1):
+        rows, shift = slice(1, t) if ref_row == 0 else slice(0, t - 1), ref_row
+    else:
+        rows, shift = np.array([i for i in range(t) if i != ref_row]), ref_row
+    n = t if ref_row is None else t - 1
+    if n == 0:
+        raise InvalidInput(f"a {mode} basis needs a checkpoint besides theta0; W has {t} row(s)")
+    return [(c[rows], [(slice(0, n), c[shift])], None) for c in chunk_list]
 
 
 def svd_basis(
@@ -183,7 +284,13 @@ def svd_basis(
     **kw,
 ) -> Basis:
     """`gram_basis` on an in-memory (t, D) array, chunked by columns without copies."""
+    return gram_basis(column_chunks(w, chunk_cols), k, mode=mode, ref_row=ref_row, **kw)
+
+
+def column_chunks(w: np.ndarray, chunk_cols: int) -> list[np.ndarray]:
+    """Views of w (t, D) on consecutive column ranges of chunk_cols."""
     if w.ndim != 2:
         raise InvalidInput(f"expected a (t, D) matrix, got shape {w.shape}")
-    chunks = [w[:, a : a + chunk_cols] for a in range(0, w.shape[1], chunk_cols)]
-    return gram_basis(chunks, k, mode=mode, ref_row=ref_row, **kw)
+    if chunk_cols < 1:
+        raise InvalidInput(f"chunk_cols must be positive, got {chunk_cols}")
+    return [w[:, a : a + chunk_cols] for a in range(0, w.shape[1], chunk_cols)]

@@ -13,9 +13,10 @@ from functools import lru_cache
 import numpy as np
 
 from storage.basis import _open_array, layer_sha256
+from storage.errors import InvalidInput
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
-from worker.svd.backend import Products
+from worker.svd.backend import Products, Refs
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,18 @@ class SourceRows:
 
 @dataclass(frozen=True)
 class BlockTask:
+    """Columns [start, stop) of one group, over the rows of every source.
+
+    augment (raw mode): the first source's ref_row (theta0) is subtracted from every row and
+    appended as the last row, Z = [W - 1 r^T; r^T] (see `worker.svd.gram`).
+    """
+
     sources: tuple[SourceRows, ...]
     group: str
     start: int
     stop: int
     device: str | None = None
+    augment: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,9 +83,10 @@ def _open_store(url: str, options_json: str) -> TrajectoryStore:
     return TrajectoryStore.open(url, storage_options=json.loads(options_json))
 
 
-def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarray]]]:
-    """X's float32 rows for a block, and the (rows, theta0) pairs to subtract in float64."""
-    parts, refs, n = [], [], 0
+def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
+    """A block's float32 rows, the (rows, theta0) pairs to subtract from them in float64, and
+    the shift row to append after them (raw mode, else None): together the rows of Z."""
+    parts, refs, n, shift = [], [], 0, None
     for src in task.sources:
         store = _open_store(src.url, src.storage_options_json)
         if store.num_rows <= max(src.rows + ((src.ref_row,) if src.ref_row is not None else ())):
@@ -88,23 +97,29 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, list[tuple[slice, np.ndarra
         block = store.read_block(task.group, task.start, task.stop, rows=sorted(set(wanted)))
         pos = {r: i for i, r in enumerate(sorted(set(wanted)))}
         parts.append(block[[pos[r] for r in src.rows]])
-        if src.ref_row is not None:
+        if src.ref_row is not None and task.augment:
+            shift = block[pos[src.ref_row]] if shift is None else shift
+        elif src.ref_row is not None:
             refs.append((slice(n, n + len(src.rows)), block[pos[src.ref_row]]))
         n += len(src.rows)
+    if task.augment:
+        if shift is None:
+            raise InvalidInput("raw mode shifts by theta0: the first source needs a ref_row")
+        refs = [(slice(0, n), shift)]
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
-    return x, refs
+    return x, refs, shift
 
 
 def gram_block(task: BlockTask) -> np.ndarray:
     """(n, n) float64 Gram of X restricted to one column block."""
-    x, refs = read_block(task)
-    return Products(task.device).gram(x, refs)
+    x, refs, append = read_block(task)
+    return Products(task.device).gram(x, refs, append)
 
 
 def project_block(task: ProjectTask) -> int:
     """V rows of one block for every output basis; returns bytes written."""
-    x, refs = read_block(task.block)
-    v = Products(task.block.device).project(x, task.m, refs)  # (c, K) float32
+    x, refs, append = read_block(task.block)
+    v = Products(task.block.device).project(x, task.m, refs, append)  # (c, K) float32
     written = 0
     for out in task.outputs:
         loc = Location.from_url(out.url, json.loads(out.storage_options_json))
