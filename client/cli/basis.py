@@ -53,6 +53,9 @@ def compute(
         ),
     ] = None,
     method: Annotated[str, typer.Option(help="gram (exact) | randomized")] = "gram",
+    oversample: Annotated[int, typer.Option(help="Randomized: extra sketch columns p.")] = 10,
+    power_iters: Annotated[int, typer.Option(help="Randomized: power iterations q.")] = 2,
+    seed: Annotated[int, typer.Option(help="Randomized: sketch seed.")] = 0,
     executor: Annotated[str, typer.Option(help="local | dask | ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Dask scheduler or Ray address.")] = None,
     workers: Annotated[int | None, typer.Option(help="Workers for a local pool/cluster.")] = None,
@@ -81,7 +84,9 @@ def compute(
             overwrite=overwrite,
         )
         if method == "randomized":
-            common["method"] = "randomized"
+            common.update(
+                method="randomized", oversample=oversample, power_iters=power_iters, seed=seed
+            )
         if kind in ("task", "global"):
             if len(stores) != 1:
                 raise InvalidInput(f"a {kind} basis takes one --store, got {len(stores)}")
