@@ -177,8 +177,8 @@ class Client:
         `source` is a local trajectory store (path, URL or TrajectoryStore), a checkpoint folder
         (`checkpoint-N/model.safetensors`; `base` gives theta0 as row 0), or an iterable of
         {group: vector} rows. Committed rows are compared by sha256 and not sent again (a row
-        that differs raises Conflict); a half-sent row is sent again and the server keeps one
-        copy. Every row is checked (groups, sizes, finite values) before any byte is sent.
+        that differs raises Conflict); a half-sent row is dropped and sent again. Every row is
+        checked (groups, sizes, finite values) before any byte of it is sent.
         """
         layout = self.task_layout(task_id)
         try:
@@ -187,6 +187,10 @@ class Client:
             status = self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
         committed = status["row_sha256"]
         store_dtype = status["dtype"]
+        # Parts staged by an interrupted upload may be cut at other offsets than ours: drop
+        # them and send those rows whole (at most a few rows are ever staged).
+        for staged_row in status.get("staged") or {}:
+            self._request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{int(staged_row)}")
         step_values = max(1, part_bytes // 4)
         row_bytes = 4 * layout.total_size
         with _progress(progress, f"upload {task_id}") as bar:

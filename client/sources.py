@@ -17,7 +17,7 @@ import numpy as np
 
 from storage.arrays import flatten_state
 from storage.errors import InvalidInput, NotFound
-from storage.layout import Layout
+from storage.layout import Layout, layout_from_state_dict
 from storage.trajectory import TrajectoryStore
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -83,6 +83,24 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(str(path), map_location="cpu", weights_only=True)
 
 
+def in_layout_order(state: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
+    """The state dict re-ordered to the layout's parameter order.
+
+    safetensors files store tensors sorted by name, not in model order, and a layout's hash
+    covers the order; the layout's own order is the one the task was registered with.
+    """
+    theirs = layout_from_state_dict(state, layout.rule)
+    prefixes = {g.name: g.prefix for g in theirs.groups}
+    ordered: dict[str, Any] = {}
+    for group in layout.groups:
+        prefix = prefixes.get(group.name, group.prefix)
+        for spec in group.params:
+            if prefix + spec.name in state:
+                ordered[prefix + spec.name] = state[prefix + spec.name]
+    ordered.update((k, v) for k, v in state.items() if k not in ordered)
+    return ordered
+
+
 def checkpoint_rows(
     folder: str | os.PathLike, layout: Layout, base: str | os.PathLike | None = None
 ) -> Iterator[SourceRow]:
@@ -94,9 +112,8 @@ def checkpoint_rows(
             if (base is not None and i == 0)
             else _step_of(path.parent if path.name in WEIGHT_FILES else path)
         )
-        yield SourceRow(
-            i, flatten_state(load_state(path), layout), step=step if step >= 0 else None
-        )
+        state = in_layout_order(load_state(path), layout)
+        yield SourceRow(i, flatten_state(state, layout), step=step if step >= 0 else None)
 
 
 def array_rows(rows: Iterable[Mapping[str, Any]]) -> Iterator[SourceRow]:
