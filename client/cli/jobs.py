@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from client.cli import remote
 from client.cli.common import console, print_json
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption, open_client
+from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 app = typer.Typer(help="Basis jobs on a registry.", no_args_is_help=True)
 
@@ -39,14 +40,14 @@ def list_cmd(
     token: TokenOption = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         jobs = c.jobs(status=status, task_id=task, limit=limit)
     print_json([j.data for j in jobs]) if json_out else print_jobs(jobs)
 
 
 @app.command("show")
 def show(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         print_json(c.job(job_id).data)
 
 
@@ -58,14 +59,14 @@ def wait(
     token: TokenOption = None,
 ) -> None:
     """Block until the job ends; a failed job exits non-zero with its error."""
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         job = c.job(job_id).wait(timeout=timeout)
     console.print(f"job {job.id}: {job.status}")
 
 
 @app.command("cancel")
 def cancel(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         job = c.cancel_job(job_id)
     console.print(
         f"job {job.id}: {job.status}{' (cancel requested)' if job.status == 'running' else ''}"

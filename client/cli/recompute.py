@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from client.cli import remote
 from client.cli.common import console, print_json
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption, open_client
+from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 
 def recompute_cmd(
@@ -25,7 +26,7 @@ def recompute_cmd(
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """One job per selected basis (filters: tasks, model, kinds, stale only)."""
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         result = c.recompute(
             task_ids=task or None,
             model=model,

@@ -9,8 +9,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from client.cli import remote
 from client.cli.common import console, print_json
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption, open_client
+from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
 
 app = typer.Typer(help="Tasks and their trajectories on a registry.", no_args_is_help=True)
@@ -41,7 +42,7 @@ def create(
         doc, revision = opened.layout.to_dict(), revision or opened.revision
     else:
         doc = json.loads(layout.read_text())
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         task = c.create_task(
             task_id, model=model, layout=doc, revision=revision, description=description
         )
@@ -57,7 +58,7 @@ def list_cmd(
     token: TokenOption = None,
     json_out: JsonOpt = False,
 ) -> None:
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         tasks = list(c.iter_tasks(model=model))
     if json_out:
         print_json(tasks)
@@ -77,7 +78,7 @@ def list_cmd(
 
 @app.command("show")
 def show(task_id: str, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         task = c.get_task(task_id)
         try:
             traj = c.trajectory(task_id)
@@ -95,7 +96,7 @@ def register(
     token: TokenOption = None,
 ) -> None:
     """Register an existing trajectory store (checked against the task's layout)."""
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         traj = c.register_trajectory(task_id, store_url)
     console.print(f"{task_id}: {traj['rows']} rows at {traj['url']}")
 
@@ -113,7 +114,7 @@ def upload(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Upload rows over HTTP; run it again after an interruption to resume."""
-    with open_client(url, token) as c:
+    with remote.open_client(url, token) as c:
         traj = c.upload_trajectory(
             task_id, source, base=base, part_bytes=part_mb << 20, progress=not quiet
         )
