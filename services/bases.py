@@ -147,7 +147,16 @@ def resolve(
     session: Session, task_id: str, kind: str, version: int | None, alias: str | None
 ) -> Basis:
     """The basis a version or alias (default `latest`) names."""
-    get_task(session, task_id)
+    try:
+        return _resolve(session, task_id, kind, version, alias)
+    except NotFound:
+        get_task(session, task_id)  # say "no task" rather than "no basis" when that is why
+        raise
+
+
+def _resolve(
+    session: Session, task_id: str, kind: str, version: int | None, alias: str | None
+) -> Basis:
     if version is not None and alias not in (None, LATEST):
         raise InvalidInput("give a version or an alias, not both")
     if version is None:

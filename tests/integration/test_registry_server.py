@@ -10,11 +10,6 @@ runs, restarted, and the job must finish with nothing lost.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -24,6 +19,7 @@ import pytest
 
 from client import Client
 from client.cli.main import run
+from services.local import LocalServer
 from services.random_basis import random_basis
 from storage.basis import BasisStore
 from storage.layout import build_layout
@@ -34,60 +30,7 @@ from worker.svd.bases import multitask_bases, task_basis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
-REPO = Path(__file__).resolve().parents[2]
 BLOCK_COLS = 4096
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`tinysub serve` in its own process group, on loopback."""
-
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {**os.environ, **env, "PYTHONPATH": str(REPO)}
-        self.data_dir = data_dir
-        self.proc: subprocess.Popen | None = None
-        self.log = data_dir / "server.log"
-
-    def start(self, timeout: float = 60.0) -> Server:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [
-            sys.executable, "-m", "client.cli.main", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
-        ]  # fmt: skip
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                cmd, cwd=REPO, env=self.env, stdout=log, stderr=log, start_new_session=True
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited: {self.log.read_text()[-3000:]}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.1)
-        raise RuntimeError(f"server did not come up: {self.log.read_text()[-3000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL: no shutdown handler runs, as when the machine dies."""
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.kill()
 
 
 @contextlib.contextmanager
@@ -139,10 +82,9 @@ def test_registry_server_end_to_end(executor_name, tmp_path, capsys):
     cluster = dask_cluster if executor_name == "dask" else ray_cluster
     with cluster() as (address, ref_executor):
         data_dir = tmp_path / "registry"
-        server = Server(
+        server = LocalServer(
             data_dir,
             {
-                "TINYSUB_DATA_DIR": str(data_dir),
                 "TINYSUB_EXECUTOR": executor_name,
                 "TINYSUB_EXECUTOR_ADDRESS": address,
                 "TINYSUB_TRUSTED_STORE_PREFIXES": f'["{tmp_path / "stores"}"]',
@@ -219,7 +161,7 @@ def _small_bases(c: Client, tmp_path: Path, layout, executor) -> None:
     assert r.status_code == 206 and r.content == _raw(refs["task"])["layer.0"][8:16]
 
 
-def _kill_mid_job(c: Client, server: Server, tmp_path: Path, executor) -> None:
+def _kill_mid_job(c: Client, server: LocalServer, tmp_path: Path, executor) -> None:
     big = build_layout([("encoder.layer.0.w", (512, 1024)), ("encoder.layer.1.w", (64, 1024))])
     store = TrajectoryStore.create(
         tmp_path / "stores" / "big", big, model_name="big", chunk_cols=BLOCK_COLS
