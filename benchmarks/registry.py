@@ -2,8 +2,10 @@
 
     python benchmarks/registry.py --quick --out FILE.json
 
-Starts `tinysub serve` on 127.0.0.1 (SQLite and store in a temp dir), orders a random basis of
-one (7,087,872 x 32) float32 layer (BERT-base's per-layer size; 907 MB), then measures:
+Starts `tinysub serve` on 127.0.0.1 (SQLite and store in a temp dir), uploads a 33-row
+trajectory of one 7,087,872-value layer (BERT-base's per-layer size) and orders its task basis,
+a (7,087,872 x 32) float32 layer of 907 MB (`--source random`: a random basis, no upload); then
+measures:
 
 - cold_pull_throughput (MB/s): `Client.pull_basis` into an empty cache (download, sha256, write);
 - server_mem_growth (MB): peak RSS of the server process during that pull minus its RSS before;
@@ -30,6 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx  # noqa: E402
+import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
 from client import Client  # noqa: E402
@@ -92,8 +95,8 @@ def _lookups(args: tuple[str, str, float]) -> int:
     return n
 
 
-def manifest_rps(server: LocalServer, token: str, clients: int, seconds: float) -> float:
-    url = f"{server.url}/v1/tasks/bench/bases/random"
+def manifest_rps(server: LocalServer, token: str, clients: int, seconds: float, kind: str) -> float:
+    url = f"{server.url}/v1/tasks/bench/bases/{kind}"
     ctx = mp.get_context("spawn")
     with ctx.Pool(clients) as pool:
         _lookups((url, token, 0.2))  # warm the server's connection pool and caches
@@ -101,6 +104,17 @@ def manifest_rps(server: LocalServer, token: str, clients: int, seconds: float) 
         counts = pool.map(_lookups, [(url, token, seconds)] * clients)
         elapsed = time.perf_counter() - t0
     return sum(counts) / elapsed
+
+
+def _trajectory(layout, rows: int):
+    """theta0 and rows-1 random-walk checkpoints, one row at a time (float32)."""
+    rng = np.random.default_rng(0)
+    d = layout.total_size
+    theta = rng.standard_normal(d, dtype=np.float32)
+    yield {"layer.0": theta}
+    for _ in range(rows - 1):
+        theta = theta + 0.01 * rng.standard_normal(d, dtype=np.float32)
+        yield {"layer.0": theta}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -113,9 +127,14 @@ def run(args: argparse.Namespace) -> list[dict]:
             with Client(server.url, token=token, cache_dir=work / "setup-cache") as c:
                 c.create_task("bench", model="bench", layout=layout)
                 t0 = time.perf_counter()
-                c.compute_basis("bench", "random", rank=args.rank, seed=0).wait(timeout=3600)
+                if args.source == "task":
+                    c.upload_trajectory("bench", _trajectory(layout, args.rank + 1))
+                c.compute_basis("bench", args.source, rank=args.rank).wait(timeout=3600)
                 print(f"basis ready in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-                nbytes = c.basis("bench", "random")["layers"][0]["nbytes"]
+                manifest = c.basis("bench", args.source)
+                nbytes = manifest["layers"][0]["nbytes"]
+                chunk_mb = manifest["layers"][0]["chunk_rows"] * 4 * args.rank / MB
+                print(f"layer chunks of {chunk_mb:.0f} MB", file=sys.stderr)
 
             pulls = 1 if args.quick else 3
             speeds, growth = [], []
@@ -126,7 +145,7 @@ def run(args: argparse.Namespace) -> list[dict]:
                 sampler.start()
                 with Client(server.url, token=token, cache_dir=cache) as c:
                     t0 = time.perf_counter()
-                    c.pull_basis("bench", "random")
+                    c.pull_basis("bench", args.source)
                     seconds = time.perf_counter() - t0
                 sampler.done.set()
                 sampler.join()
@@ -144,13 +163,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             counting = CountingTransport()
             with httpx.Client(transport=counting, timeout=60) as http:
                 c = Client(server.url, token=token, cache_dir=cache, http=http)
-                c.pull_basis("bench", "random")
+                c.pull_basis("bench", args.source)
             rows.append(
                 {"metric": "warm_pull_bytes", "value": counting.body_bytes, "unit": "bytes"}
             )
 
             seconds = 3.0 if args.quick else 10.0
-            rps = manifest_rps(server, token, args.clients, seconds)
+            rps = manifest_rps(server, token, args.clients, seconds, args.source)
             rows.append({"metric": "manifest_rps", "value": round(rps, 1), "unit": "requests/s"})
     finally:
         if not args.workdir:
@@ -165,6 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rows", type=int, default=7_087_872, help="D of the layer.")
     p.add_argument("--rank", type=int, default=32, help="k of the layer.")
     p.add_argument("--clients", type=int, default=8, help="Concurrent manifest clients.")
+    p.add_argument(
+        "--source",
+        choices=["task", "random"],
+        default="task",
+        help="task: a kernel-computed basis of an uploaded (k+1)-row trajectory (as served in "
+        "practice); random: the seeded random basis (no trajectory, faster to set up).",
+    )
     p.add_argument("--workdir", help="Keep the server's data here instead of a temp dir.")
     args = p.parse_args(argv)
     rows = run(args)

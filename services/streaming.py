@@ -56,6 +56,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     return start, min(stop, size)
 
 
+SEND_BYTES = 1 << 20
+
+
+def sliced(blocks: Iterator[bytes], size: int = SEND_BYTES) -> Iterator[memoryview]:
+    """Hand the server at most `size` bytes at a time (views, no copies): it then waits for the
+    socket to drain between slices instead of buffering a whole store chunk for the client."""
+    for block in blocks:
+        view = memoryview(block)
+        for a in range(0, len(view), size):
+            yield view[a : a + size]
+
+
 def prefetched(blocks: Iterator[bytes]) -> Iterator[bytes]:
     """Read the first block before the response starts, so a failing store (a corrupt first
     chunk, a missing array) becomes an error response instead of a truncated body."""
