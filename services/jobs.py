@@ -187,7 +187,11 @@ class JobRunner:
                 self._wake.wait(s.job_poll_seconds)
                 self._wake.clear()
                 continue
-            self.run_job(job_id)
+            try:
+                self.run_job(job_id)
+            except Exception:  # noqa: BLE001 - e.g. the database went away mid-job
+                # The job stays `running`; its heartbeat stops, so the lease re-queues it.
+                log.exception("job %s could not be run or recorded", job_id)
 
     # ----------------------------------------------------------------------------- queue
     def requeue_orphans(self, *, older_than: float | None = None) -> list[int]:

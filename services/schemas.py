@@ -20,6 +20,12 @@ Selection = Annotated[
 ]
 
 
+# Integers the database can hold, floats JSON can carry.
+DbInt = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -101,9 +107,9 @@ class PartPublic(_Out):
 
 
 class RowCommit(_In):
-    step: int | None = None
-    epoch: float | None = None
-    metrics: dict[Annotated[str, StringConstraints(max_length=100)], float] = Field(
+    step: Annotated[int, Field(ge=-(2**62), le=2**62)] | None = None
+    epoch: Finite | None = None
+    metrics: dict[Annotated[str, StringConstraints(max_length=100)], Finite] = Field(
         default_factory=dict, max_length=100
     )
 
@@ -164,7 +170,7 @@ class BasisList(Page):
 
 
 class AliasSet(_In):
-    version: Annotated[int, Field(ge=1)]
+    version: DbInt
 
 
 class AliasPublic(_Out):
@@ -247,11 +253,13 @@ class RunCreate(_In):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$")]
     basis_task_id: Slug | None = None
     basis_kind: Kind | None = None
-    basis_version: Annotated[int, Field(ge=1)] | None = None
+    basis_version: DbInt | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     params: dict[str, Any] = Field(default_factory=dict)
-    metrics: dict[str, float] = Field(default_factory=dict)
-    seconds: float | None = None
+    metrics: dict[Annotated[str, StringConstraints(max_length=100)], Finite] = Field(
+        default_factory=dict, max_length=1000
+    )
+    seconds: Finite | None = None
 
 
 class RunPublic(_Out):

@@ -42,7 +42,7 @@ def check_slug(value: str, what: str = "id") -> str:
 
 
 def check_group_name(name: str) -> str:
-    if not _GROUP.fullmatch(name) or ".." in name:
+    if not isinstance(name, str) or not _GROUP.fullmatch(name) or ".." in name:
         raise InvalidInput(
             f"parameter group name {name!r} cannot name a directory; use letters, digits, "
             "'.', '-' and '_' (no '..')"

@@ -80,7 +80,7 @@ def list_versions(
     session: SessionDep,
     _: Reader,
     kind: Annotated[Kind | None, Query()] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     get_task(session, task_id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import func, select
 
 from services.deps import Reader, RegistryDep, SessionDep, Writer
@@ -13,6 +13,7 @@ from services.schemas import JobList, JobPublic, Slug
 from storage.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
+JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
 def job_public(session, job: Job) -> dict:
@@ -53,7 +54,7 @@ def list_jobs(
         Literal["pending", "running", "succeeded", "failed", "cancelled"] | None, Query()
     ] = None,
     task_id: Annotated[Slug | None, Query()] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     q = select(Job)
@@ -72,12 +73,12 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get(job_id: int, session: SessionDep, _: Reader) -> dict:
+def get(job_id: JobId, session: SessionDep, _: Reader) -> dict:
     return job_public(session, get_job(session, job_id))
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel(job_id: int, registry: RegistryDep, session: SessionDep, _: Writer) -> dict:
+def cancel(job_id: JobId, registry: RegistryDep, session: SessionDep, _: Writer) -> dict:
     """A pending job is cancelled at once; a running one stops at its next progress step."""
     job = get_job(session, job_id)
     if job.status in JOB_FINISHED:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 from sqlalchemy import func, select
 
 from services.bases import get_version, require_ready
@@ -37,7 +37,7 @@ def list_runs(
     _: Reader,
     task_id: Annotated[Slug | None, Query()] = None,
     method: Annotated[str | None, Query(max_length=32)] = None,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     q = select(Run)
@@ -51,7 +51,7 @@ def list_runs(
 
 
 @router.get("/{run_id}", response_model=RunPublic)
-def get(run_id: int, session: SessionDep, _: Reader) -> Run:
+def get(run_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, _: Reader) -> Run:
     run = session.get(Run, run_id)
     if run is None:
         raise NotFound(f"no run {run_id}")

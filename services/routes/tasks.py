@@ -36,17 +36,24 @@ def task_public(task: Task, rows: int | None) -> dict:
     }
 
 
+MAX_GROUP_SIZE = 1 << 33  # values per group: far above any real layer (Llama-70B: ~0.9e9)
+
+
 def parse_layout(data: dict) -> Layout:
     try:
         layout = Layout.from_dict(data)
+        for g in layout.groups:
+            check_group_name(g.name)
+            if not isinstance(g.prefix, str) or any(not isinstance(p.name, str) for p in g.params):
+                raise InvalidInput(f"group {g.name!r} has non-text names")
+            if any(s < 1 for p in g.params for s in p.shape) or not 1 <= g.size <= MAX_GROUP_SIZE:
+                raise InvalidInput(
+                    f"group {g.name!r} has {g.size} values; a group has 1 to {MAX_GROUP_SIZE}"
+                )
     except TinysubError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any malformed document is the client's input
         raise InvalidInput(f"layout is not a tinysub layout document: {exc!r}") from exc
-    for g in layout.groups:
-        check_group_name(g.name)
-        if g.size < 1:
-            raise InvalidInput(f"group {g.name!r} has no values")
     return layout
 
 
@@ -87,7 +94,7 @@ def list_tasks(
     session: SessionDep,
     settings: SettingsDep,
     _: Reader,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     model: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 from sqlalchemy import select
 
 from services.deps import Admin, SessionDep
@@ -26,7 +28,9 @@ def list_tokens(session: SessionDep, _: Admin) -> list[Token]:
 
 
 @router.delete("/{token_id}", response_model=TokenPublic)
-def revoke(token_id: int, session: SessionDep, _: Admin) -> Token:
+def revoke(
+    token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], session: SessionDep, _: Admin
+) -> Token:
     row = revoke_token(session, token_id)
     session.commit()
     return row

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from services.errors import STATUS, PayloadTooLarge, RangeNotSatisfiable, status_for
@@ -59,3 +60,46 @@ def test_openapi_is_served(app):
     doc = TestClient(app).get("/openapi.json").json()
     assert "/v1/tasks/{task_id}/bases/{kind}" in doc["paths"]
     assert doc["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+
+
+def test_out_of_range_numbers_are_422_not_500(api, layout):
+    huge = 2**70
+    assert api.get(f"/v1/jobs/{huge}").status_code == 422
+    assert api.post(f"/v1/jobs/{huge}/cancel").status_code == 422
+    assert api.delete(f"/v1/tokens/{huge}").status_code == 422
+    assert api.get("/v1/tasks", params={"offset": huge}).status_code == 422
+    api.post("/v1/tasks", json={"id": "t", "model": "m", "layout": layout.to_dict()})
+    r = api.put("/v1/tasks/t/bases/task/aliases/x", json={"version": huge})
+    assert r.status_code == 422
+    nan = b'{"task_id": "t", "method": "full", "metrics": {"acc": NaN}}'
+    r = api.post("/v1/runs", content=nan, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        {"rule": "bert", "groups": [{"name": 5, "params": []}]},
+        {
+            "rule": "bert",
+            "groups": [{"name": "g", "params": [{"name": "w", "shape": [1e300], "offset": 0}]}],
+        },
+        {
+            "rule": "bert",
+            "groups": [{"name": "g", "params": [{"name": "w", "shape": [-3], "offset": 0}]}],
+        },
+        {
+            "rule": "bert",
+            "groups": [{"name": "g", "params": [{"name": "w", "shape": [1 << 40], "offset": 0}]}],
+        },
+        {"rule": "bert", "groups": "x"},
+        {"groups": []},
+        {
+            "rule": "bert",
+            "groups": [{"name": "g", "params": [{"name": ["w"], "shape": [2], "offset": 0}]}],
+        },
+    ],
+)
+def test_malformed_layouts_are_422(api, doc):
+    r = api.post("/v1/tasks", json={"id": "t", "model": "m", "layout": doc})
+    assert r.status_code == 422, r.text
