@@ -27,7 +27,7 @@ _WHERE = {
     "BasisCache": "client.cache",
     "Client": "client.client",
     "Job": "client.jobs",
-    "PulledBasis": "client.client",
+    "PulledBasis": "client.transfer",
     "error_from_body": "client.errors",
     "raise_for_response": "client.errors",
 }

@@ -2,52 +2,26 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import logging
 import os
-import queue
-import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 
 from client.cache import BasisCache, default_cache_dir, server_key
 from client.errors import raise_for_response
 from client.jobs import Job
 from client.sources import rows_from
-from storage.arrays import check_row, digest, encode
-from storage.errors import Conflict, NotFound, StorageError
+from client.transfer import PulledBasis, download_layer, progress_bar
+from client.upload import send_rows
+from storage.errors import NotFound
 from storage.layout import Layout
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=300.0)
 DEFAULT_PART_BYTES = 8 << 20
-_DOWNLOAD_BLOCK = 1 << 20  # bytes hashed per read when resuming from a partial file
-
-
-@dataclass(frozen=True)
-class PulledBasis:
-    """A basis in the local cache: its manifest and one verified file per layer."""
-
-    task_id: str
-    kind: str
-    version: int
-    manifest: dict[str, Any]
-    files: dict[str, Path]  # layer -> raw little-endian float32 (D, k), C order
-
-    def shape(self, layer: str) -> tuple[int, int]:
-        info = next(i for i in self.manifest["layers"] if i["name"] == layer)
-        return int(info["shape"][0]), int(info["shape"][1])
-
-    def array(self, layer: str) -> np.ndarray:
-        """A layer as a copy-on-write memory map (D, k) float32: nothing is read up front."""
-        return np.memmap(self.files[layer], dtype="<f4", mode="c", shape=self.shape(layer))
 
 
 class Client:
@@ -187,47 +161,10 @@ class Client:
             status = self.trajectory(task_id)
         except NotFound:
             status = self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
-        committed = status["row_sha256"]
-        store_dtype = status["dtype"]
-        # Parts staged by an interrupted upload may be cut at other offsets than ours: drop
-        # them and send those rows whole (at most a few rows are ever staged).
-        for staged_row in status.get("staged") or {}:
-            self._request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{int(staged_row)}")
-        step_values = max(1, part_bytes // 4)
-        row_bytes = 4 * layout.total_size
-        with _progress(progress, f"upload {task_id}") as bar:
-            for row in rows_from(source, layout, base):
-                vectors = check_row(row.vectors, layout)
-                if row.index < len(committed):
-                    theirs = committed[row.index]
-                    ours = {g: digest(encode(v, store_dtype)) for g, v in vectors.items()}
-                    if ours != theirs:
-                        raise Conflict(
-                            f"row {row.index} of {task_id!r} is committed with other values"
-                        )
-                    bar(row_bytes)
-                    continue
-                base_path = f"/v1/tasks/{task_id}/trajectory/rows/{row.index}"
-                for group in layout.groups:
-                    vec = np.ascontiguousarray(vectors[group.name], dtype="<f4")  # (D_g,)
-                    for a in range(0, group.size, step_values):
-                        data = vec[a : a + step_values].tobytes()
-                        self._request(
-                            "PUT",
-                            f"{base_path}/groups/{group.name}",
-                            params={"offset": a},
-                            content=data,
-                            headers={
-                                "Content-Type": "application/octet-stream",
-                                "X-Tinysub-Sha256": hashlib.sha256(data).hexdigest(),
-                            },
-                        )
-                        bar(len(data))
-                self._json(
-                    "POST",
-                    f"{base_path}/commit",
-                    json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
-                )
+        with progress_bar(progress, f"upload {task_id}") as bar:
+            send_rows(
+                self, task_id, rows_from(source, layout, base), layout, status, part_bytes, bar
+            )
         return self.trajectory(task_id)
 
     # ------------------------------------------------------------------------------ bases
@@ -375,52 +312,15 @@ class Client:
         ]
         if missing and offline:
             raise NotFound(f"layers {missing} of {task_id}/{kind} are not in the cache")
-        with _progress(progress and bool(missing), f"pull {task_id}/{kind}") as bar:
+        with progress_bar(progress and bool(missing), f"pull {task_id}/{kind}") as bar:
             for name in wanted:
                 info = infos[name]
                 if name in missing:
-                    self._download(info, bar)
+                    download_layer(
+                        self._http, self.base_url, self._headers(), self.cache, info, bar
+                    )
                 files[name] = self.cache.blob_path(info["sha256"])
         return PulledBasis(task_id, kind, int(manifest["version"]), manifest, files)
-
-    def _download(self, info: dict, bar) -> None:
-        """Stream one layer into the cache, verifying its sha256; resume a partial file."""
-        from filelock import FileLock
-
-        sha, size = info["sha256"], int(info["nbytes"])
-        final = self.cache.blob_path(sha)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = final.with_name(sha + ".incomplete")
-        with FileLock(str(final) + ".lock"):
-            if self.cache.has_blob(sha, size):
-                return
-            h = hashlib.sha256()
-            have = partial.stat().st_size if partial.exists() else 0
-            if have > size:
-                partial.unlink()
-                have = 0
-            if have:
-                with open(partial, "rb") as f:
-                    for block in iter(lambda: f.read(_DOWNLOAD_BLOCK), b""):
-                        h.update(block)
-            headers = {"If-Range": f'"{sha}"', "Range": f"bytes={have}-"} if have else {}
-            if have < size:
-                with self._http.stream(
-                    "GET", self.base_url + info["url"], headers=self._headers(headers)
-                ) as response:
-                    raise_for_response(response)
-                    mode = "ab" if response.status_code == 206 else "wb"
-                    if mode == "wb":
-                        h = hashlib.sha256()
-                    with open(partial, mode) as f:
-                        _write_hashed(response.iter_bytes(), f, h, bar)
-            if partial.stat().st_size != size or h.hexdigest() != sha:
-                partial.unlink(missing_ok=True)
-                raise StorageError(
-                    f"layer {info['name']!r} arrived with the wrong size or sha256 "
-                    f"(expected {sha[:12]}); nothing was cached"
-                )
-            os.replace(partial, final)
 
     # ------------------------------------------------------------------------------- jobs
     def job(self, job_id: int) -> Job:
@@ -473,64 +373,7 @@ class Client:
         return self._json("GET", "/v1/runs", params=params)["items"]
 
 
-def _write_hashed(blocks: Iterator[bytes], f, h, bar) -> None:
-    """Write and hash blocks on a second thread while this one receives the next: socket reads,
-    file writes and sha256 all release the GIL, so the two overlap (about 2x on loopback)."""
-    pending: queue.Queue = queue.Queue(maxsize=16)
-    failed: list[BaseException] = []
-
-    def sink() -> None:
-        while (block := pending.get()) is not None:
-            if failed:
-                continue  # keep draining so the receiver never blocks on a full queue
-            try:
-                f.write(block)
-                h.update(block)
-                bar(len(block))
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the receiving thread
-                failed.append(exc)
-
-    worker = threading.Thread(target=sink, name="tinysub-download-sink", daemon=True)
-    worker.start()
-    try:
-        for block in blocks:
-            pending.put(block)
-            if failed:
-                break
-    finally:
-        pending.put(None)
-        worker.join()
-    if failed:
-        raise failed[0]
-
-
 def _ref_params(version: int | None, alias: str | None) -> dict[str, Any]:
     if version is not None:
         return {"version": version}
     return {"alias": alias} if alias else {}
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool, description: str):
-    """A byte-count callback, backed by a rich progress bar on stderr when enabled."""
-    if not enabled:
-        yield lambda n: None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
-
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        console=Console(stderr=True),
-    ) as bar:
-        task = bar.add_task(description, total=None)
-        yield lambda n: bar.advance(task, n)
