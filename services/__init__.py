@@ -1,0 +1,11 @@
+"""The basis registry: a FastAPI service over the trajectory and basis stores.
+
+- app.py: `create_app(settings)`, the app factory (nothing is built at import);
+- settings.py (TINYSUB_*), db.py and models.py (SQLAlchemy), deps.py (dependencies),
+  errors.py (the one error -> status table), security.py (tokens, slugs, URL confinement);
+- routes/ (one module per resource) and schemas.py (bodies); trajectories.py, bases.py and
+  recompute.py do what the routes ask;
+- jobs.py (the durable job runner), compute.py (basis rows -> kernel calls), random_basis.py;
+- streaming.py (ranges, ETags), middleware.py (body limits), local.py (a registry in a
+  background process, for the demo, benchmarks and tests).
+"""

@@ -7,9 +7,13 @@ from typing import Annotated
 import typer
 
 from client.cli.common import console, phase_progress, print_json
+from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
 
-app = typer.Typer(help="Compute and inspect layer-wise bases.", no_args_is_help=True)
+app = typer.Typer(
+    help="Compute bases from stores, or order, list and pull them from a registry.",
+    no_args_is_help=True,
+)
 
 
 def _parse_stores(stores: list[str]) -> dict[str, str]:
@@ -124,3 +128,146 @@ def compute(
         f"rows used: {report.rows}; time: "
         + ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     )
+
+
+# ------------------------------------------------------------------ the registry's bases
+# `order`, `list`, `pull` and `alias` talk to a registry; `compute` above works on stores.
+
+
+@app.command("order")
+def order(
+    task_id: Annotated[str, typer.Argument(help="The task the basis belongs to.")],
+    kind: Annotated[str, typer.Option(help="task | unified | zeroshot | global | random")] = "task",
+    rank: Annotated[int, typer.Option("--rank", "-k", help="Basis dimension per layer.")] = 8,
+    mode: Annotated[str, typer.Option(help="raw | delta | centered")] = "delta",
+    select: Annotated[
+        str | None, typer.Option(help="all, last, last:K, first:K or every:K.")
+    ] = None,
+    tasks: Annotated[
+        str | None, typer.Option(help="unified / zeroshot: comma-separated task IDs.")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="random: the seed.")] = 0,
+    executor: Annotated[str | None, typer.Option(help="local or the server's executor.")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait until the basis is ready.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Order a basis from the registry; prints the job."""
+    from client.cli import remote
+
+    with remote.open_client(url, token) as c:
+        job = c.compute_basis(
+            task_id,
+            kind,
+            rank=rank,
+            mode=mode,
+            selection=select,
+            tasks=[t.strip() for t in tasks.split(",") if t.strip()] if tasks else None,
+            seed=seed,
+            executor=executor,
+        )
+        if wait:
+            job.wait()
+    if json_out:
+        print_json(job.data)
+    else:
+        b = job.basis
+        console.print(f"job {job.id}: {b['task_id']}/{b['kind']} v{b['version']} {job.status}")
+
+
+@app.command("list")
+def list_bases(
+    task_id: str,
+    kind: Annotated[str | None, typer.Option(help="Only this kind.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every version of a task's bases, with status and aliases."""
+    from rich.table import Table
+
+    from client.cli import remote
+
+    with remote.open_client(url, token) as c:
+        items = c.list_bases(task_id, kind)
+    if json_out:
+        print_json(items)
+        return
+    table = Table("kind", "version", "status", "aliases", "rank", "mode", "ready at")
+    for b in items:
+        table.add_row(
+            b["kind"],
+            str(b["version"]),
+            b["status"],
+            ",".join(b["aliases"]),
+            str(b["params"].get("rank")),
+            str(b["params"].get("mode")),
+            str(b["ready_at"] or "-"),
+        )
+    console.print(table)
+
+
+@app.command("pull")
+def pull(
+    task_id: str,
+    kind: Annotated[str, typer.Option(help="Basis kind.")] = "task",
+    version: Annotated[int | None, typer.Option(help="A version (default: the alias).")] = None,
+    alias: Annotated[str, typer.Option(help="An alias.")] = "latest",
+    layer: Annotated[list[str] | None, typer.Option(help="Only these layers.")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Cache (TINYSUB_CACHE).")] = None,
+    offline: Annotated[bool, typer.Option(help="Use the local cache only.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Download a basis into the verified local cache (nothing moves if it is up to date)."""
+    from client.cli import remote
+
+    with remote.open_client(url, token, cache_dir=cache_dir) as c:
+        pulled = c.pull_basis(
+            task_id,
+            kind,
+            version=version,
+            alias=alias,
+            layers=layer or None,
+            local_files_only=offline,
+            progress=not quiet,
+        )
+    result = {
+        "task_id": pulled.task_id,
+        "kind": pulled.kind,
+        "version": pulled.version,
+        "files": {k: str(v) for k, v in pulled.files.items()},
+    }
+    if json_out:
+        print_json(result)
+        return
+    console.print(f"{task_id}/{kind} v{pulled.version}: {len(pulled.files)} layers")
+    for name, path in pulled.files.items():
+        console.print(f"  {name} {pulled.shape(name)} {path}", highlight=False)
+
+
+@app.command("alias")
+def alias_cmd(
+    task_id: str,
+    kind: str,
+    name: Annotated[str, typer.Argument(help="Alias name (not 'latest').")],
+    version: Annotated[int | None, typer.Argument(help="Version to point at.")] = None,
+    delete: Annotated[bool, typer.Option("--delete", help="Remove the alias.")] = False,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Point an alias at a ready version, or delete it."""
+    from client.cli import remote
+
+    with remote.open_client(url, token) as c:
+        if delete:
+            c.delete_alias(task_id, kind, name)
+            console.print(f"{task_id}/{kind} alias {name} removed")
+            return
+        if version is None:
+            raise InvalidInput("give the VERSION the alias should name, or --delete")
+        row = c.set_alias(task_id, kind, name, version)
+    console.print(f"{task_id}/{kind} {row['name']} -> v{row['version']}")

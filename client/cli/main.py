@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from client.cli import basis, demo, ingest, inspect
+from client.cli import basis, demo, ingest, inspect, jobs, recompute, serve, task, token
 from client.cli.common import err_console
 from storage.errors import TinysubError
 
@@ -19,9 +19,14 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(basis.app, name="basis")
+app.add_typer(task.app, name="task")
+app.add_typer(jobs.app, name="jobs")
+app.add_typer(token.app, name="token")
 app.command("inspect")(inspect.inspect_cmd)
 app.command("ingest")(ingest.ingest_cmd)
 app.command("demo")(demo.demo_cmd)
+app.command("serve")(serve.serve_cmd)
+app.command("recompute")(recompute.recompute_cmd)
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -40,10 +45,22 @@ def run(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("aborted")
         return 130
-    except (FileNotFoundError, PermissionError) as exc:
+    except (FileNotFoundError, PermissionError, TimeoutError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
+    except Exception as exc:
+        if not _is_transport_error(exc):
+            raise
+        err_console.print(
+            f"[red]error:[/red] cannot reach the registry: {exc}", highlight=False, soft_wrap=True
+        )
+        return 2
     return 0
+
+
+def _is_transport_error(exc: Exception) -> bool:
+    httpx = sys.modules.get("httpx")  # only commands that talk to a registry import it
+    return httpx is not None and isinstance(exc, httpx.TransportError)
 
 
 def main() -> None:

@@ -1,0 +1,73 @@
+"""`tinysub jobs ...`: list, show, wait for and cancel registry jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from client.cli import remote
+from client.cli.common import console, print_json
+from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
+
+app = typer.Typer(help="Basis jobs on a registry.", no_args_is_help=True)
+
+
+def print_jobs(jobs) -> None:
+    table = Table("job", "basis", "status", "phase", "attempts", "error")
+    for j in jobs:
+        b = j.basis
+        table.add_row(
+            str(j.id),
+            f"{b['task_id']}/{b['kind']} v{b['version']}",
+            j.status,
+            str(j.progress.get("phase", "")),
+            str(j.attempts),
+            (j.error or "")[:60],
+        )
+    console.print(table)
+
+
+@app.command("list")
+def list_cmd(
+    status: Annotated[
+        str | None, typer.Option(help="pending | running | succeeded | failed | cancelled")
+    ] = None,
+    task: Annotated[str | None, typer.Option(help="Only jobs of this task's bases.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+    json_out: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    with remote.open_client(url, token) as c:
+        jobs = c.jobs(status=status, task_id=task, limit=limit)
+    print_json([j.data for j in jobs]) if json_out else print_jobs(jobs)
+
+
+@app.command("show")
+def show(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    with remote.open_client(url, token) as c:
+        print_json(c.job(job_id).data)
+
+
+@app.command("wait")
+def wait(
+    job_id: int,
+    timeout: Annotated[float | None, typer.Option(help="Seconds.")] = None,
+    url: UrlOption = DEFAULT_URL,
+    token: TokenOption = None,
+) -> None:
+    """Block until the job ends; a failed job exits non-zero with its error."""
+    with remote.open_client(url, token) as c:
+        job = c.job(job_id).wait(timeout=timeout)
+    console.print(f"job {job.id}: {job.status}")
+
+
+@app.command("cancel")
+def cancel(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -> None:
+    with remote.open_client(url, token) as c:
+        job = c.cancel_job(job_id)
+    console.print(
+        f"job {job.id}: {job.status}{' (cancel requested)' if job.status == 'running' else ''}"
+    )

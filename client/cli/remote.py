@@ -1,0 +1,29 @@
+"""Options shared by the commands that talk to a registry: its URL and a token."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+UrlOption = Annotated[
+    str,
+    typer.Option("--url", envvar="TINYSUB_URL", help="The registry (env TINYSUB_URL)."),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="TINYSUB_TOKEN",
+        help="Bearer token (env TINYSUB_TOKEN).",
+        show_default=False,
+    ),
+]
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def open_client(url: str, token: str | None, **kw):
+    """The Client the commands use (tests replace this function to pass an in-process app)."""
+    from client.client import Client
+
+    return Client(url, token=token, **kw)

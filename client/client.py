@@ -1,0 +1,379 @@
+"""`Client`: the registry over HTTP (httpx), with a verified, content-addressed basis cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import httpx
+
+from client.cache import BasisCache, default_cache_dir, server_key
+from client.errors import raise_for_response
+from client.jobs import Job
+from client.sources import rows_from
+from client.transfer import PulledBasis, download_layer, progress_bar
+from client.upload import send_rows
+from storage.errors import NotFound
+from storage.layout import Layout
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = httpx.Timeout(30.0, read=300.0)
+DEFAULT_PART_BYTES = 8 << 20
+
+
+class Client:
+    """The tinysub registry.
+
+    Parameters
+    ----------
+    base_url:
+        The server, e.g. ``http://127.0.0.1:8000``.
+    token:
+        A bearer token (``tinysub token create``); default: ``TINYSUB_TOKEN``.
+    timeout:
+        Seconds, or an ``httpx.Timeout``.
+    cache_dir:
+        Where pulled bases are kept; default: ``TINYSUB_CACHE`` or ``~/.cache/tinysub``.
+    http:
+        Any ``httpx.Client`` to send requests through (tests pass FastAPI's TestClient).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        cache_dir: str | os.PathLike | None = None,
+        http: httpx.Client | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token if token is not None else os.environ.get("TINYSUB_TOKEN")
+        self.cache = BasisCache(cache_dir if cache_dir is not None else default_cache_dir())
+        self._server = server_key(self.base_url)
+        self._owns_http = http is None
+        self._http = http if http is not None else httpx.Client(timeout=timeout)
+        self._timeout = timeout
+
+    # --------------------------------------------------------------------------- plumbing
+    def close(self) -> None:
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        headers.update(extra or {})
+        return headers
+
+    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+        headers = self._headers(kw.pop("headers", None))
+        response = self._http.request(method, self.base_url + path, headers=headers, **kw)
+        raise_for_response(response)
+        return response
+
+    def _json(self, method: str, path: str, **kw) -> Any:
+        response = self._request(method, path, **kw)
+        return response.json() if response.content else None
+
+    # ------------------------------------------------------------------------------ tasks
+    def health(self) -> dict:
+        return self._json("GET", "/v1/health")
+
+    def create_task(
+        self,
+        task_id: str,
+        *,
+        model: str,
+        layout: Layout | dict,
+        revision: str | None = None,
+        description: str = "",
+    ) -> dict:
+        """Create a task (idempotent for the same model, revision and layout)."""
+        body = {
+            "id": task_id,
+            "model": model,
+            "revision": revision,
+            "layout": layout.to_dict() if isinstance(layout, Layout) else layout,
+            "description": description,
+        }
+        return self._json("POST", "/v1/tasks", json=body)
+
+    def get_task(self, task_id: str) -> dict:
+        return self._json("GET", f"/v1/tasks/{task_id}")
+
+    def list_tasks(self, *, model: str | None = None, offset: int = 0, limit: int = 50) -> dict:
+        """One page: {items, total, offset, limit}. `iter_tasks` walks all pages."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        if model is not None:
+            params["model"] = model
+        return self._json("GET", "/v1/tasks", params=params)
+
+    def iter_tasks(self, *, model: str | None = None, page_size: int = 100) -> Iterator[dict]:
+        offset = 0
+        while True:
+            page = self.list_tasks(model=model, offset=offset, limit=page_size)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def task_layout(self, task_id: str) -> Layout:
+        return Layout.from_dict(self._json("GET", f"/v1/tasks/{task_id}/layout"))
+
+    # ------------------------------------------------------------------------ trajectories
+    def trajectory(self, task_id: str) -> dict:
+        return self._json("GET", f"/v1/tasks/{task_id}/trajectory")
+
+    def register_trajectory(self, task_id: str, url: str) -> dict:
+        """Register an existing store (under the server's store root or a trusted prefix)."""
+        return self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"url": url})
+
+    def upload_trajectory(
+        self,
+        task_id: str,
+        source: Any,
+        *,
+        base: str | os.PathLike | None = None,
+        dtype: str = "float32",
+        part_bytes: int = DEFAULT_PART_BYTES,
+        progress: bool = False,
+    ) -> dict:
+        """Upload rows to the task's registry-side store, resuming where an earlier upload
+        stopped.
+
+        `source` is a local trajectory store (path, URL or TrajectoryStore), a checkpoint folder
+        (`checkpoint-N/model.safetensors`; `base` gives theta0 as row 0), or an iterable of
+        {group: vector} rows. Committed rows are compared by sha256 and not sent again (a row
+        that differs raises Conflict); a half-sent row is dropped and sent again. Every row is
+        checked (groups, sizes, finite values) before any byte of it is sent.
+        """
+        layout = self.task_layout(task_id)
+        try:
+            status = self.trajectory(task_id)
+        except NotFound:
+            status = self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
+        with progress_bar(progress, f"upload {task_id}") as bar:
+            send_rows(
+                self, task_id, rows_from(source, layout, base), layout, status, part_bytes, bar
+            )
+        return self.trajectory(task_id)
+
+    # ------------------------------------------------------------------------------ bases
+    def compute_basis(
+        self,
+        task_id: str,
+        kind: str = "task",
+        *,
+        rank: int = 8,
+        mode: str = "delta",
+        selection: str | list[int] | None = None,
+        tasks: list[str] | None = None,
+        seed: int = 0,
+        executor: str | None = None,
+    ) -> Job:
+        """Order a basis; returns its Job (``job.wait()`` blocks until it is ready)."""
+        body = {"kind": kind, "rank": rank, "mode": mode, "seed": seed}
+        for key, value in (("selection", selection), ("tasks", tasks), ("executor", executor)):
+            if value is not None:
+                body[key] = value
+        return Job(self, self._json("POST", f"/v1/tasks/{task_id}/bases", json=body))
+
+    def list_bases(self, task_id: str, kind: str | None = None) -> list[dict]:
+        out, offset = [], 0
+        while True:
+            params: dict[str, Any] = {"offset": offset, "limit": 500}
+            if kind:
+                params["kind"] = kind
+            page = self._json("GET", f"/v1/tasks/{task_id}/bases", params=params)
+            out += page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return out
+
+    def basis(
+        self,
+        task_id: str,
+        kind: str = "task",
+        *,
+        version: int | None = None,
+        alias: str | None = None,
+    ) -> dict:
+        """The manifest of a ready basis (layers, shapes, sha256, download paths)."""
+        params = _ref_params(version, alias)
+        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}", params=params)
+
+    def basis_version(self, task_id: str, kind: str, version: int) -> dict:
+        """One version in any status (pending, running, ready, failed)."""
+        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}/versions/{version}")
+
+    def set_alias(self, task_id: str, kind: str, name: str, version: int) -> dict:
+        return self._json(
+            "PUT", f"/v1/tasks/{task_id}/bases/{kind}/aliases/{name}", json={"version": version}
+        )
+
+    def delete_alias(self, task_id: str, kind: str, name: str) -> None:
+        self._request("DELETE", f"/v1/tasks/{task_id}/bases/{kind}/aliases/{name}")
+
+    def aliases(self, task_id: str, kind: str) -> list[dict]:
+        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}/aliases")
+
+    def pull_basis(
+        self,
+        task_id: str,
+        kind: str = "task",
+        version: int | None = None,
+        alias: str | None = "latest",
+        layers: Iterable[str] | None = None,
+        local_files_only: bool = False,
+        progress: bool = False,
+    ) -> PulledBasis:
+        """Make a basis available in the local cache and return where its layers are.
+
+        The manifest is revalidated with its ETag (a 304 costs no body); layers are fetched
+        only when their sha256 is not yet in the cache, streamed to disk, hashed on the way and
+        renamed into place only if the hash matches; an interrupted download resumes with a
+        Range request. `local_files_only=True` (or an unreachable server, when the cache has
+        the basis) uses the cache alone.
+        """
+        ref = f"v{version}" if version is not None else f"@{alias or 'latest'}"
+        cached = self.cache.read_ref(self._server, task_id, kind, ref)
+        if local_files_only:
+            if cached is None:
+                raise NotFound(f"{task_id}/{kind} {ref} is not in the cache at {self.cache.root}")
+            return self._from_cache(task_id, kind, cached["manifest"], layers, offline=True)
+        headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
+        try:
+            response = self._request(
+                "GET",
+                f"/v1/tasks/{task_id}/bases/{kind}",
+                params=_ref_params(version, alias if version is None else None),
+                headers=headers,
+            )
+        except httpx.TransportError as exc:
+            if cached is None:
+                raise
+            log.warning(
+                "registry unreachable (%s); using the cached %s/%s %s", exc, task_id, kind, ref
+            )
+            return self._from_cache(task_id, kind, cached["manifest"], layers, offline=True)
+        if response.status_code == 304:
+            manifest, etag = cached["manifest"], cached["etag"]
+        else:
+            manifest, etag = response.json(), response.headers.get("etag")
+            self.cache.write_ref(self._server, task_id, kind, ref, etag, manifest)
+            self.cache.write_ref(
+                self._server, task_id, kind, f"v{manifest['version']}", None, manifest
+            )
+        return self._from_cache(task_id, kind, manifest, layers, offline=False, progress=progress)
+
+    def load_basis(
+        self,
+        task_id: str,
+        kind: str = "task",
+        version: int | None = None,
+        alias: str | None = "latest",
+        layers: Iterable[str] | None = None,
+        local_files_only: bool = False,
+    ) -> dict[str, Any]:
+        """Pull a basis and return {layer: torch.Tensor (D, k) float32}, memory-mapped from the
+        cache (copy-on-write: writing to a tensor never changes the cached file)."""
+        import torch
+
+        pulled = self.pull_basis(task_id, kind, version, alias, layers, local_files_only)
+        return {name: torch.from_numpy(pulled.array(name)) for name in pulled.files}
+
+    def _from_cache(
+        self,
+        task_id: str,
+        kind: str,
+        manifest: dict,
+        layers: Iterable[str] | None,
+        *,
+        offline: bool,
+        progress: bool = False,
+    ) -> PulledBasis:
+        infos = {i["name"]: i for i in manifest["layers"]}
+        wanted = list(infos) if layers is None else list(layers)
+        unknown = [name for name in wanted if name not in infos]
+        if unknown:
+            raise NotFound(f"{task_id}/{kind} v{manifest['version']} has no layers {unknown}")
+        files = {}
+        missing = [
+            n for n in wanted if not self.cache.has_blob(infos[n]["sha256"], infos[n]["nbytes"])
+        ]
+        if missing and offline:
+            raise NotFound(f"layers {missing} of {task_id}/{kind} are not in the cache")
+        with progress_bar(progress and bool(missing), f"pull {task_id}/{kind}") as bar:
+            for name in wanted:
+                info = infos[name]
+                if name in missing:
+                    download_layer(
+                        self._http, self.base_url, self._headers(), self.cache, info, bar
+                    )
+                files[name] = self.cache.blob_path(info["sha256"])
+        return PulledBasis(task_id, kind, int(manifest["version"]), manifest, files)
+
+    # ------------------------------------------------------------------------------- jobs
+    def job(self, job_id: int) -> Job:
+        return Job(self, self._json("GET", f"/v1/jobs/{job_id}"))
+
+    def jobs(
+        self, *, status: str | None = None, task_id: str | None = None, limit: int = 50
+    ) -> list[Job]:
+        params: dict[str, Any] = {"limit": limit}
+        if status:
+            params["status"] = status
+        if task_id:
+            params["task_id"] = task_id
+        return [Job(self, j) for j in self._json("GET", "/v1/jobs", params=params)["items"]]
+
+    def cancel_job(self, job_id: int) -> Job:
+        return Job(self, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+
+    def recompute(
+        self,
+        *,
+        task_ids: list[str] | None = None,
+        model: str | None = None,
+        kinds: list[str] | None = None,
+        stale_only: bool = False,
+        dry_run: bool = False,
+    ) -> dict:
+        """Queue one new version per selected basis; returns {queued: [...], skipped: [...]}."""
+        body: dict[str, Any] = {"stale_only": stale_only, "dry_run": dry_run}
+        for key, value in (("task_ids", task_ids), ("model", model), ("kinds", kinds)):
+            if value is not None:
+                body[key] = value
+        return self._json("POST", "/v1/recompute", json=body)
+
+    # ------------------------------------------------------------------------ tokens, runs
+    def create_token(self, name: str, scopes: list[str]) -> dict:
+        return self._json("POST", "/v1/tokens", json={"name": name, "scopes": scopes})
+
+    def tokens(self) -> list[dict]:
+        return self._json("GET", "/v1/tokens")
+
+    def revoke_token(self, token_id: int) -> dict:
+        return self._json("DELETE", f"/v1/tokens/{token_id}")
+
+    def create_run(self, **fields: Any) -> dict:
+        return self._json("POST", "/v1/runs", json=fields)
+
+    def runs(self, *, task_id: str | None = None, method: str | None = None) -> list[dict]:
+        params = {k: v for k, v in (("task_id", task_id), ("method", method)) if v}
+        return self._json("GET", "/v1/runs", params=params)["items"]
+
+
+def _ref_params(version: int | None, alias: str | None) -> dict[str, Any]:
+    if version is not None:
+        return {"version": version}
+    return {"alias": alias} if alias else {}

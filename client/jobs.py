@@ -1,0 +1,67 @@
+"""A registry job seen from the client: refresh, wait, cancel."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from client.errors import error_from_body
+
+if TYPE_CHECKING:
+    from client.client import Client
+
+FINISHED = ("succeeded", "failed", "cancelled")
+
+
+class Job:
+    """A basis job. Attributes mirror the server's JobPublic; `wait()` blocks until it ends."""
+
+    def __init__(self, client: Client, data: dict[str, Any]) -> None:
+        self._client = client
+        self._update(data)
+
+    def _update(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.id: int = data["id"]
+        self.status: str = data["status"]
+        self.basis: dict[str, Any] = data["basis"]
+        self.progress: dict[str, Any] = data.get("progress") or {}
+        self.error: str | None = data.get("error")
+        self.error_code: str | None = data.get("error_code")
+        self.attempts: int = data.get("attempts", 0)
+
+    def __repr__(self) -> str:
+        b = self.basis
+        return f"<Job {self.id} {b['task_id']}/{b['kind']} v{b['version']} {self.status}>"
+
+    @property
+    def done(self) -> bool:
+        return self.status in FINISHED
+
+    def refresh(self) -> Job:
+        self._update(self._client._json("GET", f"/v1/jobs/{self.id}"))
+        return self
+
+    def cancel(self) -> Job:
+        self._update(self._client._json("POST", f"/v1/jobs/{self.id}/cancel"))
+        return self
+
+    def wait(
+        self, timeout: float | None = None, poll: float = 0.25, raise_on_error: bool = True
+    ) -> Job:
+        """Poll until the job ends. A failed or cancelled job raises the error it recorded
+        (rebuilt as its TinysubError class) unless raise_on_error is False; TimeoutError when
+        `timeout` seconds pass first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = min(poll, 0.05)
+        while not self.refresh().done:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
+            time.sleep(delay)
+            delay = min(poll, delay * 2)
+        if raise_on_error and self.status != "succeeded":
+            code = self.error_code if self.error_code != "cancelled" else "conflict"
+            raise error_from_body(
+                500, {"code": code, "message": f"job {self.id} {self.status}: {self.error}"}
+            )
+        return self

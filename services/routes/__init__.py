@@ -1,0 +1,14 @@
+"""Route modules, one per resource; `api_router()` mounts them under /v1."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def api_router() -> APIRouter:
+    from services.routes import bases, health, jobs, recompute, runs, tasks, tokens, trajectories
+
+    router = APIRouter(prefix="/v1")
+    for module in (health, tokens, tasks, trajectories, bases, jobs, recompute, runs):
+        router.include_router(module.router)
+    return router

@@ -1,0 +1,122 @@
+"""A task's trajectory: register a store by URL or create one, then upload rows in parts.
+
+POST   /v1/tasks/{id}/trajectory                               register {url} or create {}
+GET    /v1/tasks/{id}/trajectory                               rows, sha256s, staged parts
+PUT    /v1/tasks/{id}/trajectory/rows/{row}/groups/{group}?offset=N   raw float32 values
+POST   /v1/tasks/{id}/trajectory/rows/{row}/commit             {step, epoch, metrics}
+DELETE /v1/tasks/{id}/trajectory/rows/{row}                    drop a staged row
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+
+from services import trajectories as traj_service
+from services.deps import Reader, RegistryDep, SessionDep, Writer
+from services.routes.tasks import TaskId
+from services.schemas import PartPublic, RowCommit, RowPublic, TrajectoryCreate, TrajectoryPublic
+
+router = APIRouter(prefix="/tasks/{task_id}/trajectory", tags=["trajectories"])
+Row = Annotated[int, Path(ge=0, le=10**7)]
+Group = Annotated[str, Path(max_length=128)]
+
+
+async def _body(request: Request) -> bytes:
+    # The body-size middleware stops a body over max_upload_bytes while it is being read.
+    return await request.body()
+
+
+PartBody = Annotated[bytes, Depends(_body)]
+
+
+def _public(reg, session, task_id: str) -> dict:
+    traj = traj_service.get_trajectory(session, task_id)
+    store = traj_service.refresh_rows(reg, session, traj)
+    return {
+        "task_id": task_id,
+        "url": traj.url,
+        "source": traj.source,
+        "dtype": store.dtype,
+        "rows": store.num_rows,
+        "layout_hash": store.layout.hash,
+        "row_sha256": [r.sha256 for r in store.rows],
+        "staged": traj_service.staged_parts(reg, task_id) if traj.source == "upload" else {},
+    }
+
+
+@router.post("", response_model=TrajectoryPublic, status_code=201)
+def create_or_register(
+    task_id: TaskId, body: TrajectoryCreate, registry: RegistryDep, session: SessionDep, _: Writer
+) -> dict:
+    task = traj_service.get_task(session, task_id)
+    traj_service.create_or_register(
+        registry, session, task, url=body.url, dtype=body.dtype, chunk_cols=body.chunk_cols
+    )
+    session.commit()
+    return _public(registry, session, task_id)
+
+
+@router.get("", response_model=TrajectoryPublic)
+def get(task_id: TaskId, registry: RegistryDep, session: SessionDep, _: Reader) -> dict:
+    traj_service.get_task(session, task_id)
+    return _public(registry, session, task_id)
+
+
+@router.put(
+    "/rows/{row}/groups/{group}",
+    response_model=PartPublic,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+def put_part(
+    task_id: TaskId,
+    row: Row,
+    group: Group,
+    data: PartBody,
+    registry: RegistryDep,
+    session: SessionDep,
+    _: Writer,
+    offset: Annotated[int, Query(ge=0, le=2**40)] = 0,
+    x_tinysub_sha256: Annotated[str | None, Header(pattern=r"^[0-9a-fA-F]{64}$")] = None,
+) -> dict:
+    """Stage values [offset, offset + n) of one group of one row (n = bytes / 4)."""
+    task = traj_service.get_task(session, task_id)
+    traj = traj_service.get_trajectory(session, task_id)
+    return traj_service.put_part(
+        registry, task, traj, row, group, offset, data, sha256=x_tinysub_sha256
+    )
+
+
+@router.post("/rows/{row}/commit", response_model=RowPublic)
+def commit_row(
+    task_id: TaskId,
+    row: Row,
+    registry: RegistryDep,
+    session: SessionDep,
+    _: Writer,
+    body: RowCommit | None = None,
+) -> dict:
+    """Commit a fully staged row (idempotent: a committed row is returned as it is)."""
+    body = body or RowCommit()
+    task = traj_service.get_task(session, task_id)
+    traj = traj_service.get_trajectory(session, task_id)
+    return traj_service.commit_row(
+        registry, session, task, traj, row, step=body.step, epoch=body.epoch, metrics=body.metrics
+    )
+
+
+@router.delete("/rows/{row}", status_code=204)
+def drop_row(
+    task_id: TaskId, row: Row, registry: RegistryDep, session: SessionDep, _: Writer
+) -> Response:
+    traj_service.get_trajectory(session, task_id)
+    traj_service.drop_row(registry, task_id, row)
+    return Response(status_code=204)

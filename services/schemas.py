@@ -1,0 +1,287 @@
+"""Request and response bodies, one family per resource (Create / Public / List)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from services.security import SLUG_PATTERN
+
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+Kind = Literal["task", "unified", "zeroshot", "global", "random"]
+Mode = Literal["raw", "delta", "centered"]
+Scope = Literal["read", "write", "admin"]
+Dtype = Literal["float32", "float16", "bfloat16"]
+# all | last | last:K | first:K | every:K (the kernels' checkpoint selections)
+Selection = Annotated[
+    str, StringConstraints(pattern=r"^(all|last|(last|first|every):[1-9]\d{0,5})$")
+]
+
+
+# Integers the database can hold, floats JSON can carry.
+DbInt = Annotated[int, Field(ge=1, le=2**31 - 1)]
+Offset = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Page(_Out):
+    total: int
+    offset: int
+    limit: int
+
+
+# --------------------------------------------------------------------------------------- tasks
+class TaskCreate(_In):
+    id: Slug
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    revision: Annotated[str, StringConstraints(max_length=200)] | None = None
+    layout: dict[str, Any] = Field(description="storage.layout.Layout.to_dict() of the model")
+    description: Annotated[str, StringConstraints(max_length=2000)] = ""
+
+
+class GroupPublic(_Out):
+    name: str
+    size: int
+    params: int
+
+
+class TaskPublic(_Out):
+    id: str
+    model: str
+    revision: str | None
+    layout_hash: str
+    rule: str
+    groups: list[GroupPublic]
+    description: str
+    created_at: datetime
+    rows: int | None = Field(None, description="Committed trajectory rows, if any.")
+
+
+class TaskList(Page):
+    items: list[TaskPublic]
+
+
+# -------------------------------------------------------------------------------- trajectories
+class TrajectoryCreate(_In):
+    url: Annotated[str, StringConstraints(min_length=1, max_length=2048)] | None = Field(
+        None,
+        description="Register this existing store; without it the registry creates one "
+        "for uploads.",
+    )
+    dtype: Dtype = "float32"
+    # 512 KiB float32 chunks, not the store's 4 MiB default: the kernels chunk a basis' rows
+    # like the trajectory's columns, and streaming a layer holds about four copies of one basis
+    # chunk (chunk_cols x k x 4 bytes) in the server: 67 MB at k = 32 instead of 537 MB.
+    chunk_cols: Annotated[int, Field(ge=1024, le=1 << 26)] = 1 << 17
+
+
+class TrajectoryPublic(_Out):
+    task_id: str
+    url: str
+    source: Literal["registered", "upload"]
+    dtype: str
+    rows: int
+    layout_hash: str
+    row_sha256: list[dict[str, str]] = Field(description="Per committed row, sha256 per group.")
+    staged: dict[int, dict[str, list[tuple[int, int]]]] = Field(
+        default_factory=dict, description="Uncommitted rows: group -> received [start, stop)."
+    )
+
+
+class PartPublic(_Out):
+    row: int
+    group: str
+    offset: int
+    count: int
+    status: Literal["staged", "committed"]
+
+
+class RowCommit(_In):
+    step: Annotated[int, Field(ge=-(2**62), le=2**62)] | None = None
+    epoch: Finite | None = None
+    metrics: dict[Annotated[str, StringConstraints(max_length=100)], Finite] = Field(
+        default_factory=dict, max_length=100
+    )
+
+
+class RowPublic(_Out):
+    index: int
+    step: int | None
+    epoch: float | None
+    metrics: dict[str, float]
+    sha256: dict[str, str]
+
+
+# -------------------------------------------------------------------------------------- bases
+class BasisCreate(_In):
+    kind: Kind = "task"
+    rank: Annotated[int, Field(ge=1, le=4096)] = 8
+    mode: Mode = "delta"
+    selection: Selection | list[Annotated[int, Field(ge=0)]] | None = Field(
+        None, description="Checkpoint rows; default all (task, global) or last (unified, zeroshot)."
+    )
+    tasks: list[Slug] | None = Field(
+        None, max_length=256, description="unified / zeroshot: the set of tasks."
+    )
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    executor: Literal["local", "dask", "ray"] | None = None
+
+
+class LayerPublic(_Out):
+    name: str
+    shape: tuple[int, int]
+    dtype: str
+    sha256: str
+    nbytes: int
+    chunk_rows: int = Field(description="Rows per stored chunk (what the server reads at once).")
+    singular_values: list[float]
+    energy: list[float]
+    total_energy: float
+    url: str = Field(description="Path of the layer's bytes on this server.")
+
+
+class BasisPublic(_Out):
+    task_id: str
+    kind: str
+    version: int
+    status: str
+    params: dict[str, Any]
+    inputs_digest: str | None
+    error: str | None
+    created_at: datetime
+    ready_at: datetime | None
+    aliases: list[str] = Field(default_factory=list)
+    layers: list[LayerPublic] | None = None
+    job_id: int | None = None
+
+
+class BasisList(Page):
+    items: list[BasisPublic]
+
+
+class AliasSet(_In):
+    version: DbInt
+
+
+class AliasPublic(_Out):
+    task_id: str
+    kind: str
+    name: str
+    version: int
+    updated_at: datetime
+
+
+# --------------------------------------------------------------------------------------- jobs
+class BasisRef(_Out):
+    task_id: str
+    kind: str
+    version: int
+
+
+class JobPublic(_Out):
+    id: int
+    basis: BasisRef
+    status: str
+    progress: dict[str, Any]
+    error: str | None
+    error_code: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class JobList(Page):
+    items: list[JobPublic]
+
+
+# ---------------------------------------------------------------------------------- recompute
+class RecomputeRequest(_In):
+    task_ids: list[Slug] | None = Field(None, max_length=10000)
+    model: Annotated[str, StringConstraints(max_length=200)] | None = None
+    kinds: list[Kind] | None = None
+    stale_only: bool = False
+    dry_run: bool = False
+
+
+class RecomputeItem(_Out):
+    task_id: str
+    kind: str
+    version: int = Field(description="The version the recomputation produces (or would).")
+    previous_version: int
+    job_id: int | None
+    reason: str
+
+
+class RecomputeResult(_Out):
+    queued: list[RecomputeItem]
+    skipped: list[RecomputeItem]
+
+
+# ------------------------------------------------------------------------------------- tokens
+class TokenCreate(_In):
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    scopes: list[Scope] = Field(min_length=1)
+
+
+class TokenPublic(_Out):
+    id: int
+    name: str
+    scopes: list[str]
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The secret; shown only in this response.")
+
+
+# --------------------------------------------------------------------------------------- runs
+class RunCreate(_In):
+    task_id: Slug
+    method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$")]
+    basis_task_id: Slug | None = None
+    basis_kind: Kind | None = None
+    basis_version: DbInt | None = None
+    seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
+    params: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[Annotated[str, StringConstraints(max_length=100)], Finite] = Field(
+        default_factory=dict, max_length=1000
+    )
+    seconds: Finite | None = None
+
+
+class RunPublic(_Out):
+    id: int
+    task_id: str
+    method: str
+    basis_task_id: str | None
+    basis_kind: str | None
+    basis_version: int | None
+    seed: int
+    params: dict[str, Any]
+    metrics: dict[str, float]
+    seconds: float | None
+    created_at: datetime
+
+
+class RunList(Page):
+    items: list[RunPublic]
+
+
+class Health(_Out):
+    status: str
+    version: str
+    executor: str
+    anonymous_read: bool

@@ -1,0 +1,287 @@
+"""Trajectories in the registry: register an existing store, or receive rows over HTTP.
+
+An upload sends each row as parts, `(row, group, offset)` -> raw little-endian float32 values.
+Parts are validated (bounds, finite values) and staged under `<root>/uploads/<task>/<row>/`;
+`commit_row` assembles the row only when every group is fully covered and writes it with
+`TrajectoryStore.write_row`, which commits it atomically. Re-sending a part or a whole row is
+idempotent: equal bytes are accepted, different bytes are refused with `Conflict`. A crash at any
+point leaves either staged parts (resumed by sending the rest) or a committed row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import numpy as np
+from sqlalchemy.orm import Session
+
+from services.context import Registry
+from services.models import Task, Trajectory, utcnow
+from services.security import confine_url
+from storage.arrays import encode
+from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, ReadOnly
+from storage.layout import Layout
+from storage.trajectory import TrajectoryStore
+
+# Rows may be staged a little ahead of the committed ones (parallel uploads), not arbitrarily
+# far: a bogus row number must not be able to fill the disk.
+MAX_ROWS_AHEAD = 16
+_PART = re.compile(r"^(\d{12})-(\d{12})$")
+
+
+def get_task(session: Session, task_id: str) -> Task:
+    task = session.get(Task, task_id)
+    if task is None:
+        raise NotFound(f"no task {task_id!r}")
+    return task
+
+
+def get_trajectory(session: Session, task_id: str) -> Trajectory:
+    traj = session.get(Trajectory, task_id)
+    if traj is None:
+        raise NotFound(f"task {task_id!r} has no trajectory; register or upload one")
+    return traj
+
+
+def task_layout(task: Task) -> Layout:
+    return Layout.from_dict(task.layout)
+
+
+def create_or_register(
+    reg: Registry,
+    session: Session,
+    task: Task,
+    *,
+    url: str | None,
+    dtype: str = "float32",
+    chunk_cols: int = 1 << 20,
+) -> Trajectory:
+    """Register the store at `url` (checked against the task's layout), or create the task's
+    upload store. Idempotent for the same request; a different store is a Conflict."""
+    existing = session.get(Trajectory, task.id)
+    if url is not None:
+        real = confine_url(url, reg.settings)
+        if existing is not None:
+            if existing.url == real:
+                return existing
+            raise Conflict(f"task {task.id!r} already has a trajectory at {existing.url}")
+        store = TrajectoryStore.open(real, read_only=True, storage_options=_options(reg, real))
+        if store.layout.hash != task.layout_hash:
+            raise LayoutMismatch(
+                f"store layout {store.layout.hash[:12]} does not match task {task.id!r} "
+                f"({task.layout_hash[:12]})"
+            )
+        traj = Trajectory(
+            task_id=task.id, url=real, source="registered", dtype=store.dtype, rows=store.num_rows
+        )
+    else:
+        target = reg.trajectory_url(task.id)
+        if existing is not None:
+            if existing.source == "upload":
+                return existing
+            raise Conflict(f"task {task.id!r} has a registered trajectory at {existing.url}")
+        opts = reg.settings.storage_options
+        if TrajectoryStore.exists(target, opts):
+            # Created by an earlier request that died before the database commit.
+            store = TrajectoryStore.open(target, read_only=True, storage_options=opts)
+            if store.layout.hash != task.layout_hash:
+                raise Conflict(f"{target} holds a store of another layout")
+        else:
+            store = TrajectoryStore.create(
+                target,
+                task_layout(task),
+                model_name=task.model,
+                revision=task.revision,
+                dtype=dtype,
+                chunk_cols=chunk_cols,
+                storage_options=opts,
+            )
+        traj = Trajectory(
+            task_id=task.id, url=store.url, source="upload", dtype=store.dtype, rows=store.num_rows
+        )
+    session.add(traj)
+    session.flush()
+    return traj
+
+
+def _options(reg: Registry, url: str) -> dict:
+    # The store root's fsspec options apply to URLs under it (same bucket, same credentials).
+    root = reg.settings.resolved_store_root
+    return reg.settings.storage_options if url.startswith(root) else {}
+
+
+def open_store(reg: Registry, traj: Trajectory, *, read_only: bool = True) -> TrajectoryStore:
+    return TrajectoryStore.open(
+        traj.url, read_only=read_only, storage_options=_options(reg, traj.url)
+    )
+
+
+# --------------------------------------------------------------------------------- staging
+def _row_dir(row: int) -> str:
+    return f"{row:08d}"
+
+
+def _part_name(start: int, stop: int) -> str:
+    return f"{start:012d}-{stop:012d}"
+
+
+def staged_parts(reg: Registry, task_id: str, row: int | None = None) -> dict:
+    """{row: {group: [(start, stop), ...]}} of the parts received and not yet committed."""
+    loc = reg.staging(task_id)
+    rows = [_row_dir(row)] if row is not None else loc.list()
+    out: dict[int, dict[str, list[tuple[int, int]]]] = {}
+    for r in rows:
+        if not r.isdigit():
+            continue
+        groups = {}
+        for g in loc.list(r):
+            spans = []
+            for name in loc.list(r, g):
+                m = _PART.fullmatch(name)
+                if m:
+                    spans.append((int(m.group(1)), int(m.group(2))))
+            if spans:
+                groups[g] = sorted(spans)
+        if groups:
+            out[int(r)] = groups
+    return out
+
+
+def _check_upload_target(traj: Trajectory) -> None:
+    if traj.source != "upload":
+        raise ReadOnly(
+            f"the trajectory of task {traj.task_id!r} is a registered store ({traj.url}); "
+            "the registry does not write into it: append to it directly"
+        )
+
+
+def put_part(
+    reg: Registry,
+    task: Task,
+    traj: Trajectory,
+    row: int,
+    group: str,
+    offset: int,
+    data: bytes,
+    sha256: str | None = None,
+) -> dict:
+    """Validate and stage one part; returns {row, group, offset, count, status}."""
+    _check_upload_target(traj)
+    layout = task_layout(task)
+    size = layout.group(group).size  # unknown group -> LayoutMismatch before any path is built
+    if len(data) == 0 or len(data) % 4:
+        raise InvalidInput(
+            f"a part is raw float32 values: {len(data)} bytes is not a multiple of 4"
+        )
+    count = len(data) // 4
+    if offset < 0 or offset + count > size:
+        raise InvalidInput(
+            f"values [{offset}, {offset + count}) are outside group {group!r} of size {size}"
+        )
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
+        raise InvalidInput("the part's sha256 does not match its bytes (corrupted in transit)")
+    values = np.frombuffer(data, dtype="<f4")
+    if not np.isfinite(values).all():
+        bad = int(np.count_nonzero(~np.isfinite(values)))
+        raise InvalidInput(f"group {group!r} part has {bad} NaN or Inf values; nothing was written")
+    result = {"row": row, "group": group, "offset": offset, "count": count}
+
+    store = open_store(reg, traj)
+    if row < store.num_rows:
+        stored = store.read_block(group, offset, offset + count, rows=[row])[0]
+        if encode(values, store.dtype).tobytes() != encode(stored, store.dtype).tobytes():
+            raise Conflict(f"row {row} is committed with other values in {group!r}")
+        return {**result, "status": "committed"}
+    if row >= store.num_rows + MAX_ROWS_AHEAD:
+        raise InvalidInput(
+            f"row {row} is too far ahead: the store has {store.num_rows} rows; "
+            f"stage rows below {store.num_rows + MAX_ROWS_AHEAD}"
+        )
+    loc = reg.staging(task.id)
+    name = _part_name(offset, offset + count)
+    with reg.locks(("stage", task.id, row)):
+        spans = staged_parts(reg, task.id, row).get(row, {}).get(group, [])
+        if (offset, offset + count) in spans:
+            if loc.read_bytes(_row_dir(row), group, name) != data:
+                raise Conflict(
+                    f"row {row} {group!r} [{offset}, {offset + count}) was staged "
+                    "with other values; drop the row to start it again"
+                )
+            return {**result, "status": "staged"}
+        for a, b in spans:
+            if a < offset + count and offset < b:
+                raise Conflict(
+                    f"part [{offset}, {offset + count}) overlaps staged part [{a}, {b}) of "
+                    f"row {row} {group!r}; send the same parts again or drop the row"
+                )
+        loc.write_bytes_atomic(data, _row_dir(row), group, name)
+    return {**result, "status": "staged"}
+
+
+def drop_row(reg: Registry, task_id: str, row: int) -> None:
+    with reg.locks(("stage", task_id, row)):
+        reg.staging(task_id).delete(_row_dir(row), recursive=True)
+
+
+def commit_row(
+    reg: Registry,
+    session: Session,
+    task: Task,
+    traj: Trajectory,
+    row: int,
+    *,
+    step: int | None,
+    epoch: float | None,
+    metrics: dict[str, float],
+) -> dict:
+    """Commit staged row `row` once every group is complete. Returns the row's info."""
+    _check_upload_target(traj)
+    layout = task_layout(task)
+    with reg.locks(("trajectory", task.id)):
+        store = open_store(reg, traj, read_only=False)
+        if row < store.num_rows:
+            drop_row(reg, task.id, row)
+            return store.rows[row].to_dict()
+        if row != store.num_rows:
+            raise InvalidInput(f"row {row} cannot be committed before row {store.num_rows}")
+        loc = reg.staging(task.id)
+        staged = staged_parts(reg, task.id, row).get(row, {})
+        missing = {}
+        for g in layout.groups:
+            covered, pos = staged.get(g.name, []), 0
+            for a, b in covered:
+                if a != pos:
+                    break
+                pos = b
+            if pos != g.size:
+                missing[g.name] = {"have": covered, "size": g.size}
+        if missing:
+            raise Conflict(
+                f"row {row} is incomplete in groups {sorted(missing)}; send their parts first",
+                detail=missing,
+            )
+        vectors = {}
+        for g in layout.groups:
+            vec = np.empty(g.size, dtype=np.float32)  # (D_g,)
+            for a, b in staged[g.name]:
+                vec[a:b] = np.frombuffer(
+                    loc.read_bytes(_row_dir(row), g.name, _part_name(a, b)), "<f4"
+                )
+            vectors[g.name] = vec
+        store.write_row(row, vectors, step=step, epoch=epoch, metrics=metrics)
+        drop_row(reg, task.id, row)
+        traj.rows = store.num_rows
+        traj.updated_at = utcnow()
+        session.commit()
+        return store.rows[row].to_dict()
+
+
+def refresh_rows(reg: Registry, session: Session, traj: Trajectory) -> TrajectoryStore:
+    """Open the store and record its committed row count (registered stores grow outside us)."""
+    store = open_store(reg, traj)
+    if traj.rows != store.num_rows:
+        traj.rows = store.num_rows
+        traj.updated_at = utcnow()
+        session.commit()
+    return store
