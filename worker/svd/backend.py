@@ -1,9 +1,20 @@
 """Where the dense products run: torch on a GPU when present, torch on the CPU, else numpy.
 
 The kernels only need two products on float64 sub-blocks: X X^T (the Gram) and X^T M (the
-projection). torch's CPU BLAS (MKL/oneDNN) runs the skinny float64 products about twice as fast
-as numpy's OpenBLAS here, and the same code runs on CUDA; numpy is the fallback for hosts that
-install tinysub without torch (a registry host that only serves bases).
+projection). The projection runs in torch (MKL/oneDNN on the CPU, cuBLAS on a GPU); numpy is
+the fallback for hosts that install tinysub without torch (a registry host that only serves
+bases).
+
+On the CPU the Gram runs in numpy, whatever the device, so that a basis does not depend on how
+many BLAS threads computed it. MKL (torch's CPU BLAS) splits the long inner dimension of a
+skinny Gram (n x c times c x n, n ~ 32, c ~ 8192) across its threads and adds the partial sums
+in an order that depends on the thread count: measured here, G differs by 6e-10 (relative
+2e-15) between 1 and 2 threads, enough to change the last bits of V. Dask and Ray workers run
+BLAS on one thread and the local executor's threads on several, so the same job would give
+different bytes on different executors. OpenBLAS (numpy) partitions only the *output* of a
+level-3 product across threads and computes X X^T as a SYRK (half the flops of a GEMM), so its
+Gram is bit-identical for any thread count. The projection X^T M has a large output and a short
+inner dimension (n), which MKL partitions by rows: also thread-count independent (tested).
 """
 
 from __future__ import annotations
@@ -13,25 +24,40 @@ from functools import lru_cache
 
 import numpy as np
 
+from storage.errors import InvalidInput
+
 try:  # torch is optional on serving hosts
     import torch
 except ImportError:  # pragma: no cover - exercised only on torch-less installs
     torch = None
 
+DEVICE_ENV = "TINYSUB_DEVICE"
 
-@lru_cache(maxsize=8)
+
 def resolve_device(device: str | None = None) -> str:
-    """'cuda' when a GPU is present (unless TINYSUB_DEVICE or `device` says otherwise),
-    'cpu' for torch on the CPU, 'numpy' when torch is not installed."""
-    want = (device or os.environ.get("TINYSUB_DEVICE") or "auto").lower()
+    """The device products run on: 'cuda' (or 'cuda:N') when a GPU is present, 'cpu' for torch
+    on the CPU, 'numpy' when torch is not installed or when asked for.
+
+    `device` wins over the TINYSUB_DEVICE environment variable, which wins over 'auto'.
+    TINYSUB_DEVICE=cpu forces the CPU on a GPU host.
+    """
+    want = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    return _resolve(want)
+
+
+@lru_cache(maxsize=16)
+def _resolve(want: str) -> str:
+    # Cached per request, not per call: torch.cuda.is_available() initialises the CUDA driver.
+    if want not in ("auto", "cpu", "numpy", "cuda") and not want.startswith("cuda:"):
+        raise InvalidInput(f"device {want!r} is not one of auto, cpu, numpy, cuda, cuda:N")
     if torch is None:
         if want not in ("auto", "cpu", "numpy"):
-            raise RuntimeError(f"device {want!r} needs torch, which is not installed")
+            raise InvalidInput(f"device {want!r} needs torch, which is not installed")
         return "numpy"
     if want == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if want.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {want!r} was asked for but CUDA is not available")
+        raise InvalidInput(f"device {want!r} was asked for but CUDA is not available")
     return want
 
 
@@ -49,10 +75,7 @@ class Products:
 
     def _as64(self, x32: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None):
         if self.device == "numpy":
-            x = x32.astype(np.float64)
-            for rows, ref in refs or ():
-                x[rows] -= ref.astype(np.float64)
-            return x
+            return _as64_numpy(x32, refs)
         x = torch.from_numpy(np.ascontiguousarray(x32)).to(self.device, torch.float64)
         for rows, ref in refs or ():
             x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(self.device, torch.float64)
@@ -63,14 +86,16 @@ class Products:
     ) -> np.ndarray:
         """G = X X^T in float64, where X = block with each ref row subtracted from its rows.
 
-        The subtraction happens in float64, so a delta of float32 values is exact.
+        The subtraction happens in float64, so a delta of float32 values is exact. On the CPU
+        (devices 'cpu' and 'numpy') this is an OpenBLAS SYRK per sub-block, added up in column
+        order: the same bits for any number of BLAS threads (see the module docstring).
         """
         n, c = block.shape
-        if self.device == "numpy":
+        if not self.device.startswith("cuda"):
             g = np.zeros((n, n))
             for a in range(0, c, SUB_BLOCK):
-                x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
-                g += x @ x.T
+                x = _as64_numpy(block[:, a : a + SUB_BLOCK], _cut(refs, a))  # (n, sub) C-order
+                g += x @ x.T  # numpy calls SYRK for x @ x.T and mirrors the triangle
             return g
         g = torch.zeros((n, n), dtype=torch.float64, device=self.device)
         for a in range(0, c, SUB_BLOCK):
@@ -99,6 +124,13 @@ class Products:
             else:
                 out[a : a + v.shape[0]] = v.cpu().numpy()
         return out
+
+
+def _as64_numpy(x32: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None) -> np.ndarray:
+    x = x32.astype(np.float64)
+    for rows, ref in refs or ():
+        x[rows] -= ref.astype(np.float64)
+    return x
 
 
 def _cut(refs, a):
