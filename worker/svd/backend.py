@@ -76,10 +76,7 @@ class Products:
     def _as64(self, x32: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None):
         if self.device == "numpy":
             return _as64_numpy(x32, refs)
-        x = torch.from_numpy(np.ascontiguousarray(x32)).to(self.device, torch.float64)
-        for rows, ref in refs or ():
-            x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(self.device, torch.float64)
-        return x
+        return _as64_torch(x32, refs, self.device)
 
     def gram(
         self, block: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None = None
@@ -87,21 +84,11 @@ class Products:
         """G = X X^T in float64, where X = block with each ref row subtracted from its rows.
 
         The subtraction happens in float64, so a delta of float32 values is exact. On the CPU
-        (devices 'cpu' and 'numpy') this is an OpenBLAS SYRK per sub-block, added up in column
-        order: the same bits for any number of BLAS threads (see the module docstring).
+        (devices 'cpu' and 'numpy') this is `gram_numpy`, on a GPU `gram_torch`.
         """
-        n, c = block.shape
-        if not self.device.startswith("cuda"):
-            g = np.zeros((n, n))
-            for a in range(0, c, SUB_BLOCK):
-                x = _as64_numpy(block[:, a : a + SUB_BLOCK], _cut(refs, a))  # (n, sub) C-order
-                g += x @ x.T  # numpy calls SYRK for x @ x.T and mirrors the triangle
-            return g
-        g = torch.zeros((n, n), dtype=torch.float64, device=self.device)
-        for a in range(0, c, SUB_BLOCK):
-            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
-            g.addmm_(x, x.T)
-        return g.cpu().numpy()
+        if self.device.startswith("cuda"):
+            return gram_torch(block, refs, self.device)
+        return gram_numpy(block, refs)
 
     def project(
         self, block: np.ndarray, m: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None = None
@@ -115,21 +102,50 @@ class Products:
                 out[a : a + x.shape[1]] = x.T @ m
             return out
         mt = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)).to(self.device)
-        res = torch.from_numpy(out) if self.device == "cpu" else None
         for a in range(0, c, SUB_BLOCK):
             x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a))
-            v = (x.T @ mt).to(torch.float32)
-            if res is not None:
-                res[a : a + v.shape[0]] = v
-            else:
-                out[a : a + v.shape[0]] = v.cpu().numpy()
+            v = (x.T @ mt).to(torch.float32)  # (sub, k); .cpu() is free on the CPU
+            out[a : a + v.shape[0]] = v.cpu().numpy()
         return out
+
+
+def gram_numpy(block: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None = None) -> np.ndarray:
+    """The CPU Gram: an OpenBLAS SYRK per sub-block, added up in column order.
+
+    The same bits for any number of BLAS threads (see the module docstring).
+    """
+    n, c = block.shape
+    g = np.zeros((n, n))
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_numpy(block[:, a : a + SUB_BLOCK], _cut(refs, a))  # (n, sub) C-order
+        g += x @ x.T  # numpy calls SYRK for x @ x.T and mirrors the triangle
+    return g
+
+
+def gram_torch(
+    block: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None, device: str
+) -> np.ndarray:
+    """The GPU Gram (cuBLAS gives the same bits run to run on one GPU model). Also runs on
+    device='cpu', which is how the tests check it on hosts without a GPU."""
+    n, c = block.shape
+    g = torch.zeros((n, n), dtype=torch.float64, device=device)
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_torch(block[:, a : a + SUB_BLOCK], _cut(refs, a), device)  # (n, sub)
+        g.addmm_(x, x.T)
+    return g.cpu().numpy()
 
 
 def _as64_numpy(x32: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None) -> np.ndarray:
     x = x32.astype(np.float64)
     for rows, ref in refs or ():
         x[rows] -= ref.astype(np.float64)
+    return x
+
+
+def _as64_torch(x32: np.ndarray, refs: list[tuple[slice, np.ndarray]] | None, device: str):
+    x = torch.from_numpy(np.ascontiguousarray(x32)).to(device, torch.float64)
+    for rows, ref in refs or ():
+        x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(device, torch.float64)
     return x
 
 
