@@ -11,13 +11,15 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
 from worker.executors.base import Executor, ProgressFn, task_error
+from worker.executors.memory import release_large_buffers
 
 
 class LocalExecutor(Executor):
     """Runs tasks on `workers` threads (default: the number of CPUs, at most 4).
 
-    Each task holds one column block in memory (about 2 x rows x block_cols x 4 bytes with its
-    output), so `workers` also bounds the memory of a computation.
+    Each task holds one column block in memory (about 3 x rows x block_cols x 4 bytes with its
+    output and the encoded write), so `workers` x that bounds the memory of a computation; see
+    worker.executors.memory for why freed blocks are handed back to the system.
     """
 
     name = "local"
@@ -26,6 +28,7 @@ class LocalExecutor(Executor):
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers = workers or min(4, os.cpu_count() or 1)
+        release_large_buffers()
         self._pool = ThreadPoolExecutor(
             max_workers=self.workers, thread_name_prefix="tinysub-local"
         )

@@ -29,6 +29,7 @@ from worker.executors.base import (
     task_error,
     tree_reduce,
 )
+from worker.executors.memory import ENV as MEMORY_ENV
 from worker.svd.backend import DEVICE_ENV
 
 # How long one ray.wait blocks before progress is reported; results arriving sooner end it.
@@ -51,7 +52,8 @@ def package_root() -> str:
 
 
 def worker_runtime_env(runtime_env: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The job's runtime_env: the caller's, plus PYTHONPATH and TINYSUB_DEVICE for workers.
+    """The job's runtime_env: the caller's, plus PYTHONPATH, TINYSUB_DEVICE and the allocator
+    setting of worker.executors.memory for the workers.
 
     Values the caller set win. PYTHONPATH keeps the cluster's own entries after ours.
     """
@@ -63,6 +65,8 @@ def worker_runtime_env(runtime_env: Mapping[str, Any] | None = None) -> dict[str
     env_vars.setdefault("PYTHONPATH", path)
     if os.environ.get(DEVICE_ENV):
         env_vars.setdefault(DEVICE_ENV, os.environ[DEVICE_ENV])
+    for name, value in MEMORY_ENV.items():
+        env_vars.setdefault(name, value)
     env["env_vars"] = env_vars
     return env
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import pathlib
+import sys
 
 import pytest
 
 from storage.errors import InvalidInput, NotFound
 from worker.executors.base import TaskFailed, describe, task_error, tree_reduce
+from worker.executors.memory import release_large_buffers
 from worker.executors.ray import gpu_share, package_root, worker_runtime_env
 from worker.svd.tasks import BlockTask, HashTask, ProjectTask, SourceRows
 
@@ -77,7 +79,12 @@ def test_ray_workers_get_this_checkout_on_their_path(monkeypatch):
 
     env = worker_runtime_env({"env_vars": {"OTHER": "1"}, "pip": ["x"]})
     assert env["pip"] == ["x"]
-    assert env["env_vars"] == {"OTHER": "1", "PYTHONPATH": str(root), "TINYSUB_DEVICE": "numpy"}
+    assert env["env_vars"] == {
+        "OTHER": "1",
+        "PYTHONPATH": str(root),
+        "TINYSUB_DEVICE": "numpy",
+        "MALLOC_MMAP_THRESHOLD_": str(1 << 20),
+    }
 
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     path = worker_runtime_env()["env_vars"]["PYTHONPATH"]
@@ -86,3 +93,8 @@ def test_ray_workers_get_this_checkout_on_their_path(monkeypatch):
     assert worker_runtime_env({"env_vars": {"PYTHONPATH": "/mine"}})["env_vars"]["PYTHONPATH"] == (
         "/mine"
     )
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_large_buffers_are_handed_back_on_linux():
+    assert release_large_buffers() is True
