@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Any
 
+from storage.errors import InvalidInput
 from worker.executors.base import Executor, ProgressFn, task_error
 from worker.executors.memory import release_large_buffers
 
@@ -26,7 +27,7 @@ class LocalExecutor(Executor):
 
     def __init__(self, workers: int | None = None) -> None:
         if workers is not None and workers < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
+            raise InvalidInput(f"workers must be at least 1, got {workers}")
         self.workers = workers or min(4, os.cpu_count() or 1)
         release_large_buffers()
         self._pool = ThreadPoolExecutor(

@@ -118,7 +118,7 @@ def test_workers_import_this_checkout(executor):
 
 
 def test_local_executor_rejects_zero_workers():
-    with pytest.raises(ValueError, match="at least 1"):
+    with pytest.raises(InvalidInput, match="at least 1"):
         make_executor("local", workers=0)
 
 
