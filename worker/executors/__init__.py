@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from worker.executors.base import Executor
+from worker.executors.base import Executor, TaskFailed
 from worker.executors.local import LocalExecutor
 
 EXECUTORS = ("local", "dask", "ray")
@@ -27,4 +27,4 @@ def make_executor(
     raise InvalidInput(f"unknown executor {name!r}; use one of {list(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "make_executor"]
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "TaskFailed", "make_executor"]

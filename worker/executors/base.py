@@ -4,16 +4,34 @@ Basis computations are two map phases over column blocks: pass 1 maps blocks to 
 Gram matrices and sums them per key (layer), pass 2 maps blocks to writes of V. Tasks carry
 store URLs, not data: each task reads its block on the worker that runs it. Results are small
 (t x t), and sums are reduced as a tree so no single node adds up thousands of them serially.
+
+Every executor reduces with the *same* tree (pairs of neighbours in item order, see
+`tree_reduce`): floating-point addition is not associative, so this is what makes a basis
+bit-identical whichever executor computed it.
+
+A task that fails raises on the caller's side: a `TinysubError` raised by the task (a corrupt
+chunk, a missing row) comes back as itself, so callers and the CLI handle it as if it had been
+raised locally; anything else comes back as `TaskFailed`, naming the function and the item.
+Either way the tasks still pending are cancelled.
 """
 
 from __future__ import annotations
 
 import operator
+import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
+from storage.errors import TinysubError
+
 ProgressFn = Callable[[int], None]
+
+
+class TaskFailed(TinysubError):
+    """A chunk task raised an error that is not a TinysubError (a bug, a crashed worker)."""
+
+    code = "task_failed"
 
 
 class Executor(ABC):
@@ -25,7 +43,7 @@ class Executor(ABC):
     def map(
         self, fn: Callable[[Any], Any], items: Sequence[Any], progress: ProgressFn | None = None
     ) -> list[Any]:
-        """fn(item) for every item, results in item order. progress(1) after each one."""
+        """fn(item) for every item, results in item order. progress(1) once per finished item."""
 
     def map_reduce(
         self,
@@ -35,11 +53,10 @@ class Executor(ABC):
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
     ) -> dict[Hashable, Any]:
-        """Sum fn(item) per key(item). Subclasses reduce on the cluster.
+        """Combine fn(item) per key(item) with `tree_reduce` (in item order within a key).
 
-        The sum is a pairwise tree in item order, the same association the Dask and Ray
-        executors use: float addition is not associative, so this is what makes every
-        executor (and the in-memory kernels) produce the same bytes.
+        `combine` must be associative; it need not be commutative. Subclasses run the same
+        tree on the cluster so that partial results never travel through the caller.
         """
         results = self.map(fn, items, progress)
         return {
@@ -58,20 +75,53 @@ class Executor(ABC):
         self.close()
 
 
-def tree_reduce(values: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
-    """Pairwise reduction: depth log2(n) instead of a chain of n."""
-    while len(values) > 1:
-        nxt = [combine(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
-    return values[0]
+def tree_reduce(values: Sequence[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    """Pairwise reduction of neighbours in order: ((v0+v1)+(v2+v3))+v4. Depth ceil(log2 n).
+
+    This is the one reduction plan of every executor; Dask and Ray pass a `combine` that submits
+    a task and returns its future, so the same tree runs on the cluster.
+    """
+    level = list(values)
+    if not level:
+        raise ValueError("nothing to reduce")
+    while len(level) > 1:
+        nxt = [combine(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
 
 
 def group_indices(
     items: Sequence[Any], key: Callable[[Any], Hashable]
 ) -> dict[Hashable, list[int]]:
+    """Positions of the items of each key, in item order (keys in order of first appearance)."""
     groups: dict[Hashable, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(key(item), []).append(i)
     return groups
+
+
+def describe(item: Any) -> str:
+    """A short name for a task item in error messages (items may hold large arrays)."""
+    block = getattr(item, "block", item)
+    group, start, stop = (getattr(block, a, None) for a in ("group", "start", "stop"))
+    if group is not None and start is not None:
+        return f"{type(item).__name__}({group}[{start}:{stop}])"
+    if group is not None:
+        return f"{type(item).__name__}({group} of {getattr(item, 'url', '?')})"
+    return reprlib.repr(item)
+
+
+def task_error(exc: BaseException, fn: Callable, item: Any, executor: str) -> BaseException:
+    """The exception to raise for a failed task: the task's own TinysubError, else TaskFailed.
+
+    Either way the message says which function failed on which item, and on which executor.
+    """
+    where = f"{getattr(fn, '__qualname__', fn)} failed on {describe(item)} ({executor} executor)"
+    if isinstance(exc, TinysubError):
+        exc.add_note(where)
+        return exc
+    err = TaskFailed(f"{where}: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err

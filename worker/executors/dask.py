@@ -1,4 +1,10 @@
-"""Dask executor: a dask.distributed Client at an address, or a LocalCluster it starts."""
+"""Dask executor: a dask.distributed Client at an address, or a LocalCluster it starts.
+
+Workers import tinysub's modules by name (tasks are pickled by reference), so the workers of a
+cluster given by address need tinysub installed; a LocalCluster's worker processes inherit this
+process' sys.path and environment (TINYSUB_DEVICE included). A worker uses its GPU when it has
+one (see worker.svd.backend.resolve_device); nothing needs asking for.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +12,24 @@ import operator
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from worker.executors.base import Executor, ProgressFn, group_indices
+from worker.executors.base import (
+    Executor,
+    ProgressFn,
+    group_indices,
+    task_error,
+    tree_reduce,
+)
 
 
 class DaskExecutor(Executor):
+    """Run tasks on a Dask cluster.
+
+    address: a scheduler address ("tcp://host:8786") to connect to; the cluster is left running
+    on close. client: an existing dask.distributed Client to use (not closed on close). With
+    neither, a LocalCluster of `workers` processes (default 2) with one thread each is started
+    and shut down on close: one thread per process gives each BLAS call a core to itself.
+    """
+
     name = "dask"
 
     def __init__(
@@ -17,31 +37,56 @@ class DaskExecutor(Executor):
     ) -> None:
         from dask.distributed import Client, LocalCluster
 
-        self._owned = []
+        self._owned: list[Any] = []
         if client is not None:
             self.client = client
         elif address:
             self.client = Client(address)
             self._owned.append(self.client)
         else:
-            # Processes, one thread each: BLAS in each worker gets a core to itself.
             cluster = LocalCluster(
-                n_workers=workers or 2, threads_per_worker=1, processes=True, dashboard_address=None
+                n_workers=workers or 2,
+                threads_per_worker=1,
+                processes=True,
+                # The scheduler always serves HTTP (health, metrics); a random port keeps two
+                # clusters on one host from fighting over 8787.
+                dashboard_address=":0",
             )
-            self.client = Client(cluster)
+            try:
+                self.client = Client(cluster)
+            except BaseException:
+                cluster.close()
+                raise
             self._owned += [self.client, cluster]
+
+    def _submit(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        # pure=False: equal items must still run (a retried write), and hashing large task
+        # items to build keys would cost more than the tasks.
+        return self.client.map(fn, list(items), pure=False)
+
+    def _watch(self, fn, items, futures, progress: ProgressFn | None, also: list[Any]) -> None:
+        """Wait for the leaf futures; raise on the first failure, cancelling the rest."""
+        from dask.distributed import as_completed
+
+        index = {fut.key: i for i, fut in enumerate(futures)}
+        try:
+            for fut in as_completed(futures):
+                if fut.status != "finished":  # "error", or "cancelled" by someone else
+                    exc = fut.exception() if fut.status == "error" else RuntimeError(fut.status)
+                    raise task_error(exc, fn, items[index[fut.key]], self.name)
+                if progress:
+                    progress(1)
+        except BaseException:
+            self.client.cancel(futures + also)
+            raise
 
     def map(
         self, fn: Callable[[Any], Any], items: Sequence[Any], progress: ProgressFn | None = None
     ) -> list[Any]:
-        from dask.distributed import as_completed
-
         if not items:
             return []
-        futures = self.client.map(fn, list(items), pure=False)
-        if progress:
-            for _ in as_completed(futures):
-                progress(1)
+        futures = self._submit(fn, items)
+        self._watch(fn, items, futures, progress, [])
         return self.client.gather(futures)
 
     def map_reduce(
@@ -52,26 +97,28 @@ class DaskExecutor(Executor):
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
     ) -> dict[Hashable, Any]:
-        from dask.distributed import as_completed
+        if not items:
+            return {}
+        futures = self._submit(fn, items)
+        combines: list[Any] = []
 
-        futures = self.client.map(fn, list(items), pure=False)
-        if progress:
-            for _ in as_completed(futures):
-                progress(1)
-        # Tree reduction on the cluster: partial sums never travel through the client.
-        out = {}
-        for k, idx in group_indices(items, key).items():
-            level = [futures[i] for i in idx]
-            while len(level) > 1:
-                nxt = [
-                    self.client.submit(combine, level[i], level[i + 1], pure=False)
-                    for i in range(0, len(level) - 1, 2)
-                ]
-                if len(level) % 2:
-                    nxt.append(level[-1])
-                level = nxt
-            out[k] = level[0]
-        return dict(zip(out, self.client.gather(list(out.values())), strict=True))
+        def submit_combine(a, b):
+            combines.append(self.client.submit(combine, a, b, pure=False))
+            return combines[-1]
+
+        # The tree is submitted up front: combines start as soon as their two inputs exist,
+        # and partial sums never travel through this process.
+        roots = {
+            k: tree_reduce([futures[i] for i in idx], submit_combine)
+            for k, idx in group_indices(items, key).items()
+        }
+        self._watch(fn, items, futures, progress, combines)
+        try:
+            values = self.client.gather(list(roots.values()))
+        except Exception as exc:  # a combine failed: the leaves all succeeded
+            self.client.cancel(combines)
+            raise task_error(exc, combine, "a partial sum", self.name)  # noqa: B904 - chained inside
+        return dict(zip(roots, values, strict=True))
 
     def close(self) -> None:
         for obj in self._owned:

@@ -1,10 +1,22 @@
 """Where the dense products run: torch on a GPU when present, torch on the CPU, else numpy.
 
 The kernels need a few products on float64 sub-blocks: X X^T (the Gram), X^T M (the
-projection), and for randomized SVD X Omega and X (X^T M). torch's CPU BLAS (MKL/oneDNN) runs
-the skinny float64 products about twice as fast as numpy's OpenBLAS here, and the same code runs
-on CUDA; numpy is the fallback for hosts that install tinysub without torch (a registry host
-that only serves bases).
+projection), and for randomized SVD X Omega and X (X^T M). The projection runs in torch
+(MKL/oneDNN on the CPU, cuBLAS on a GPU); numpy is the fallback for hosts that install tinysub
+without torch (a registry host that only serves bases).
+
+On the CPU the Gram runs in numpy, whatever the device, so that a basis does not depend on how
+many BLAS threads computed it. MKL (torch's CPU BLAS) splits the long inner dimension of a
+skinny Gram (n x c times c x n, n ~ 32, c ~ 8192) across its threads and adds the partial sums
+in an order that depends on the thread count: measured here, G differs by 6e-10 (relative
+2e-15) between 1 and 2 threads, enough to change the last bits of V. Dask and Ray workers run
+BLAS on one thread and the local executor's threads on several, so the same job would give
+different bytes on different executors. OpenBLAS (numpy) partitions only the *output* of a
+level-3 product across threads and computes X X^T as a SYRK (half the flops of a GEMM), so its
+Gram is bit-identical for any thread count. The projection X^T M has a large output and a short
+inner dimension (n), which MKL partitions by rows: also thread-count independent (tested).
+The randomized-SVD products (long inner dimension again) run in numpy on the CPU for the same
+reason.
 """
 
 from __future__ import annotations
@@ -15,32 +27,14 @@ from functools import lru_cache
 
 import numpy as np
 
+from storage.errors import InvalidInput
+
 try:  # torch is optional on serving hosts
     import torch
 except ImportError:  # pragma: no cover - exercised only on torch-less installs
     torch = None
 
-
-@lru_cache(maxsize=8)
-def resolve_device(device: str | None = None) -> str:
-    """'cuda' when a GPU is present (unless TINYSUB_DEVICE or `device` says otherwise),
-    'cpu' for torch on the CPU, 'numpy' when torch is not installed."""
-    want = (device or os.environ.get("TINYSUB_DEVICE") or "auto").lower()
-    if torch is None:
-        if want not in ("auto", "cpu", "numpy"):
-            raise RuntimeError(f"device {want!r} needs torch, which is not installed")
-        return "numpy"
-    if want == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if want.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {want!r} was asked for but CUDA is not available")
-    return want
-
-
-# Columns per float64 sub-block: 32 rows x 8192 x 8 bytes = 2 MiB, small enough to stay in
-# cache between the float32 -> float64 conversion and the product (measured: 2048-32768 are
-# within 10% of each other on the CPU; 8192 was fastest).
-SUB_BLOCK = 8192
+DEVICE_ENV = "TINYSUB_DEVICE"
 
 # (rows of the block, the row to subtract from them in float64): theta0 for delta mode
 Refs = list[tuple[slice, np.ndarray]]
@@ -49,33 +43,44 @@ Refs = list[tuple[slice, np.ndarray]]
 RowBlock = tuple[np.ndarray, Refs | None, np.ndarray | None]
 
 
+def resolve_device(device: str | None = None) -> str:
+    """The device products run on: 'cuda' (or 'cuda:N') when a GPU is present, 'cpu' for torch
+    on the CPU, 'numpy' when torch is not installed or when asked for.
+
+    `device` wins over the TINYSUB_DEVICE environment variable, which wins over 'auto'.
+    TINYSUB_DEVICE=cpu forces the CPU on a GPU host.
+    """
+    want = (device or os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+    return _resolve(want)
+
+
+@lru_cache(maxsize=16)
+def _resolve(want: str) -> str:
+    # Cached per request, not per call: torch.cuda.is_available() initialises the CUDA driver.
+    if want not in ("auto", "cpu", "numpy", "cuda") and not want.startswith("cuda:"):
+        raise InvalidInput(f"device {want!r} is not one of auto, cpu, numpy, cuda, cuda:N")
+    if torch is None:
+        if want not in ("auto", "cpu", "numpy"):
+            raise InvalidInput(f"device {want!r} needs torch, which is not installed")
+        return "numpy"
+    if want == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if want.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput(f"device {want!r} was asked for but CUDA is not available")
+    return want
+
+
+# Columns per float64 sub-block: 32 rows x 8192 x 8 bytes = 2 MiB, small enough to stay in
+# cache between the float32 -> float64 conversion and the product (measured: 2048-32768 are
+# within 10% of each other on the CPU; 8192 was fastest).
+SUB_BLOCK = 8192
+
+
 class Products:
     """Accumulating float64 products over one column block of X (n, c)."""
 
     def __init__(self, device: str | None = None) -> None:
         self.device = resolve_device(device)
-
-    def _as64(self, x32: np.ndarray, refs: Refs | None, append: np.ndarray | None = None):
-        """The float64 sub-block: refs subtracted from their rows, then `append` (the raw-mode
-        shift row) as a last row, written straight into the float64 buffer rather than by
-        copying the whole float32 block."""
-        n, c = x32.shape
-        extra = append is not None
-        if self.device == "numpy":
-            x = np.empty((n + extra, c))
-            x[:n] = x32
-            for rows, ref in refs or ():
-                x[rows] -= ref.astype(np.float64)
-            if extra:
-                x[n] = append
-            return x
-        x = torch.empty((n + extra, c), dtype=torch.float64, device=self.device)
-        x[:n] = torch.from_numpy(np.ascontiguousarray(x32)).to(self.device)
-        for rows, ref in refs or ():
-            x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(self.device, torch.float64)
-        if extra:
-            x[n] = torch.from_numpy(np.ascontiguousarray(append)).to(self.device)
-        return x
 
     def gram(
         self, block: np.ndarray, refs: Refs | None = None, append: np.ndarray | None = None
@@ -83,21 +88,12 @@ class Products:
         """G = X X^T in float64, where X = block with each ref row subtracted from its rows
         (and `append` as one more row).
 
-        The subtraction happens in float64, so a delta of float32 values is exact.
+        The subtraction happens in float64, so a delta of float32 values is exact. On the CPU
+        (devices 'cpu' and 'numpy') this is `gram_numpy`, on a GPU `gram_torch`.
         """
-        c = block.shape[1]
-        n = block.shape[0] + (append is not None)
-        if self.device == "numpy":
-            g = np.zeros((n, n))
-            for a in range(0, c, SUB_BLOCK):
-                x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
-                g += x @ x.T
-            return g
-        g = torch.zeros((n, n), dtype=torch.float64, device=self.device)
-        for a in range(0, c, SUB_BLOCK):
-            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
-            g.addmm_(x, x.T)
-        return g.cpu().numpy()
+        if self.device.startswith("cuda"):
+            return gram_torch(block, refs, self.device, append)
+        return gram_numpy(block, refs, append)
 
     def project(
         self,
@@ -107,32 +103,30 @@ class Products:
         append: np.ndarray | None = None,
     ) -> np.ndarray:
         """V = X^T M (c, k) computed in float64, returned as float32."""
-        c = block.shape[1]
-        out = np.empty((c, m.shape[1]), dtype=np.float32)
         if self.device == "numpy":
-            for a in range(0, c, SUB_BLOCK):
-                x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
-                out[a : a + x.shape[1]] = x.T @ m
-            return out
-        mt = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)).to(self.device)
-        res = torch.from_numpy(out) if self.device == "cpu" else None
-        for a in range(0, c, SUB_BLOCK):
-            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
-            v = (x.T @ mt).to(torch.float32)
-            if res is not None:
-                res[a : a + v.shape[0]] = v
-            else:
-                out[a : a + v.shape[0]] = v.cpu().numpy()
-        return out
+            return project_numpy(block, m, refs, append)
+        return project_torch(block, m, refs, self.device, append)
 
     # ---------------------------------------------------------------- randomized SVD
+    @property
+    def _rdev(self) -> str:
+        # Long inner dimensions again: numpy on the CPU for thread-count independent bits.
+        return self.device if self.device.startswith("cuda") else "numpy"
+
+    def _as64(self, x32: np.ndarray, refs: Refs | None, append: np.ndarray | None):
+        n = x32.shape[0] + (append is not None)
+        if self._rdev == "numpy":
+            return _as64_numpy(x32, refs, np.empty((n, x32.shape[1])), append)
+        buf = torch.empty((n, x32.shape[1]), dtype=torch.float64, device=self._rdev)
+        return _as64_torch(x32, refs, buf, append)
+
     def _dev(self, a: np.ndarray):
         """A small float64 matrix on the device."""
         a = np.ascontiguousarray(a, dtype=np.float64)
-        return a if self.device == "numpy" else torch.from_numpy(a).to(self.device)
+        return a if self._rdev == "numpy" else torch.from_numpy(a).to(self._rdev)
 
     def _host(self, x) -> np.ndarray:
-        return x if self.device == "numpy" else x.cpu().numpy()
+        return x if self._rdev == "numpy" else x.cpu().numpy()
 
     def sketch(
         self,
@@ -190,6 +184,118 @@ class Products:
         if z is None:
             return np.zeros((n, m.shape[1])), (np.zeros((m.shape[1],) * 2) if rayleigh else None)
         return self._host(z), (self._host(cc) if rayleigh else None)
+
+
+# The loops below convert each sub-block into one float64 buffer allocated per call, and
+# write products into another, instead of allocating ~2 MiB temporaries per sub-block: glibc
+# keeps freed blocks of that size in per-thread arenas, and with several threads the process'
+# resident memory grew to many times what a task uses (measured: 190 MB instead of 60 MB for
+# 8 MB blocks on two threads).
+
+
+def gram_numpy(
+    block: np.ndarray, refs: Refs | None = None, append: np.ndarray | None = None
+) -> np.ndarray:
+    """The CPU Gram: an OpenBLAS SYRK per sub-block, added up in column order.
+
+    The same bits for any number of BLAS threads (see the module docstring).
+    """
+    c = block.shape[1]
+    n = block.shape[0] + (append is not None)
+    g = np.zeros((n, n))
+    buf = np.empty((n, min(SUB_BLOCK, c)))
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_numpy(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+        g += x @ x.T  # numpy calls SYRK for x @ x.T and mirrors the triangle
+    return g
+
+
+def project_numpy(
+    block: np.ndarray,
+    m: np.ndarray,
+    refs: Refs | None = None,
+    append: np.ndarray | None = None,
+) -> np.ndarray:
+    """V = X^T M with numpy, float64 products rounded once to float32. (c, k)"""
+    c = block.shape[1]
+    n = block.shape[0] + (append is not None)
+    out = np.empty((c, m.shape[1]), dtype=np.float32)
+    buf = np.empty((n, min(SUB_BLOCK, c)))
+    prod = np.empty((min(SUB_BLOCK, c), m.shape[1]))
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_numpy(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+        w = x.shape[1]
+        np.matmul(x.T, m, out=prod[:w])
+        out[a : a + w] = prod[:w]
+    return out
+
+
+def gram_torch(
+    block: np.ndarray, refs: Refs | None, device: str, append: np.ndarray | None = None
+) -> np.ndarray:
+    """The GPU Gram (cuBLAS gives the same bits run to run on one GPU model). Also runs on
+    device='cpu', which is how the tests check it on hosts without a GPU."""
+    c = block.shape[1]
+    n = block.shape[0] + (append is not None)
+    g = torch.zeros((n, n), dtype=torch.float64, device=device)
+    buf = torch.empty((n, min(SUB_BLOCK, c)), dtype=torch.float64, device=device)
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_torch(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+        g.addmm_(x, x.T)
+    return g.cpu().numpy()
+
+
+def project_torch(
+    block: np.ndarray,
+    m: np.ndarray,
+    refs: Refs | None,
+    device: str,
+    append: np.ndarray | None = None,
+) -> np.ndarray:
+    """V = X^T M with torch (CPU or GPU), float64 products rounded once to float32. (c, k)"""
+    c = block.shape[1]
+    n = block.shape[0] + (append is not None)
+    out = np.empty((c, m.shape[1]), dtype=np.float32)
+    out_t = torch.from_numpy(out)
+    mt = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)).to(device)
+    buf = torch.empty((n, min(SUB_BLOCK, c)), dtype=torch.float64, device=device)
+    prod = torch.empty((min(SUB_BLOCK, c), m.shape[1]), dtype=torch.float64, device=device)
+    for a in range(0, c, SUB_BLOCK):
+        x = _as64_torch(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+        w = x.shape[1]
+        torch.mm(x.T, mt, out=prod[:w])
+        out_t[a : a + w].copy_(prod[:w])  # rounds to float32 (and copies off the GPU)
+    return out
+
+
+def _as64_numpy(
+    x32: np.ndarray, refs: Refs | None, buf: np.ndarray, append: np.ndarray | None = None
+) -> np.ndarray:
+    """x32 (n, w) in float64, in `buf` when it has exactly w columns (a fresh array for the
+    short last sub-block), minus each ref row (exact in float64), then `append` (the raw-mode
+    shift row) as a last row, written straight into the buffer."""
+    n, w = x32.shape
+    rows_out = n + (append is not None)
+    x = buf if buf.shape[1] == w else np.empty((rows_out, w))
+    np.copyto(x[:n], x32)
+    for rows, ref in refs or ():
+        x[rows] -= ref
+    if append is not None:
+        x[n] = append
+    return x
+
+
+def _as64_torch(x32: np.ndarray, refs: Refs | None, buf, append: np.ndarray | None = None):
+    n, w = x32.shape
+    if buf.shape[1] != w:
+        buf = torch.empty((n + (append is not None), w), dtype=buf.dtype, device=buf.device)
+    x = buf
+    x[:n].copy_(torch.from_numpy(np.ascontiguousarray(x32)))
+    for rows, ref in refs or ():
+        x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(buf.device)
+    if append is not None:
+        x[n].copy_(torch.from_numpy(np.ascontiguousarray(append)))
+    return x
 
 
 def _cut(refs, a):

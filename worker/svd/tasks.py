@@ -96,7 +96,7 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
             wanted.append(src.ref_row)
         block = store.read_block(task.group, task.start, task.stop, rows=sorted(set(wanted)))
         pos = {r: i for i, r in enumerate(sorted(set(wanted)))}
-        parts.append(block[[pos[r] for r in src.rows]])
+        parts.append(_take_rows(block, [pos[r] for r in src.rows]))
         if src.ref_row is not None and task.augment:
             shift = block[pos[src.ref_row]] if shift is None else shift
         elif src.ref_row is not None:
@@ -108,6 +108,15 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
         refs = [(slice(0, n), shift)]
     x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
     return x, refs, shift
+
+
+def _take_rows(block: np.ndarray, positions: list[int]) -> np.ndarray:
+    """block[positions] without a copy when the positions are a run (the usual case: all rows,
+    or all but theta0). A block is (rows x block_cols) float32, the largest thing a task holds."""
+    p0 = positions[0]
+    if positions == list(range(p0, p0 + len(positions))):
+        return block[p0 : p0 + len(positions)]
+    return block[positions]
 
 
 def gram_block(task: BlockTask) -> np.ndarray:

@@ -1,0 +1,64 @@
+"""Real clusters for the executor tests: a Dask LocalCluster per module, one Ray per session.
+
+Ray starts slowly (several seconds, plus worker start-up on the first task) and can only be
+initialised once per process, so every Ray test shares one local Ray. Both are shut down in a
+`finally`, so a failing test never leaves worker processes behind.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.executors import LocalExecutor
+
+
+@pytest.fixture(scope="module")
+def dask_cluster():
+    from dask.distributed import LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
+    )
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+@pytest.fixture(scope="module")
+def dask_executor(dask_cluster):
+    from worker.executors.dask import DaskExecutor
+
+    # Connecting by address is how a job reaches an existing cluster: test that path.
+    ex = DaskExecutor(address=dask_cluster.scheduler_address)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+@pytest.fixture(scope="session")
+def ray_executor():
+    import ray
+
+    from worker.executors.ray import RayExecutor
+
+    assert not ray.is_initialized(), "Ray was started outside the ray_executor fixture"
+    ex = RayExecutor(workers=2)
+    try:
+        yield ex
+    finally:
+        ex.close()
+
+
+@pytest.fixture(params=["local", "dask", "ray"])
+def executor(request):
+    """Each executor in turn; the cluster ones are shared, the local one is per test."""
+    if request.param == "local":
+        ex = LocalExecutor(2)
+        try:
+            yield ex
+        finally:
+            ex.close()
+    else:
+        yield request.getfixturevalue(f"{request.param}_executor")
