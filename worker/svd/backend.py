@@ -5,24 +5,27 @@ projection), and for randomized SVD X Omega and X (X^T M). The projection runs i
 (MKL/oneDNN on the CPU, cuBLAS on a GPU); numpy is the fallback for hosts that install tinysub
 without torch (a registry host that only serves bases).
 
-On the CPU the Gram runs in numpy, whatever the device, so that a basis does not depend on how
-many BLAS threads computed it. MKL (torch's CPU BLAS) splits the long inner dimension of a
-skinny Gram (n x c times c x n, n ~ 32, c ~ 8192) across its threads and adds the partial sums
-in an order that depends on the thread count: measured here, G differs by 6e-10 (relative
-2e-15) between 1 and 2 threads, enough to change the last bits of V. Dask and Ray workers run
-BLAS on one thread and the local executor's threads on several, so the same job would give
-different bytes on different executors. OpenBLAS (numpy) partitions only the *output* of a
-level-3 product across threads and computes X X^T as a SYRK (half the flops of a GEMM), so its
-Gram is bit-identical for any thread count. The projection X^T M has a large output and a short
-inner dimension (n), which MKL partitions by rows: also thread-count independent (tested).
-The randomized-SVD products (long inner dimension again) run in numpy on the CPU for the same
-reason.
+On the CPU every product runs in torch on ONE intra-op thread per calling thread; parallelism
+comes from running blocks side by side (the executors, or the thread pool of the in-memory
+route). Two reasons, both measured on this project's 2-core machines:
+- Determinism. MKL splits the long inner dimension of a skinny Gram (n x c times c x n,
+  n ~ 32, c ~ 8192) across its threads and adds the partial sums in an order that depends on
+  the thread count (G differed by 6e-10 between 1 and 2 threads), and Dask and Ray workers run
+  one BLAS thread while a local process may run several: the same job would give different
+  bytes on different executors. One thread per product gives the same bits everywhere.
+- Speed. Multi-threaded BLAS on few cores collapses when anything else is busy: a 32 x 7M
+  float64 Gram took 0.36 s on one torch thread and 11 s on two while the other core was loaded
+  (OpenMP threads spin-waiting on each other); numpy's OpenBLAS, 0.47 s single-threaded, is
+  slower than MKL for these shapes (projection 0.73 s against ~0.25 s).
+torch.set_num_threads is per calling thread (an OpenMP ICV), so `single_thread()` scopes it
+to the kernel call and restores the caller's setting afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -76,6 +79,23 @@ def _resolve(want: str) -> str:
 SUB_BLOCK = 8192
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """torch on one intra-op thread for the calling thread, restored afterwards (see the module
+    docstring: deterministic bits and no spin-waiting on shared cores)."""
+    if torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before != 1:
+            torch.set_num_threads(before)
+
+
 class Products:
     """Accumulating float64 products over one column block of X (n, c)."""
 
@@ -88,12 +108,12 @@ class Products:
         """G = X X^T in float64, where X = block with each ref row subtracted from its rows
         (and `append` as one more row).
 
-        The subtraction happens in float64, so a delta of float32 values is exact. On the CPU
-        (devices 'cpu' and 'numpy') this is `gram_numpy`, on a GPU `gram_torch`.
+        The subtraction happens in float64, so a delta of float32 values is exact.
         """
-        if self.device.startswith("cuda"):
+        if self.device == "numpy":
+            return gram_numpy(block, refs, append)
+        with single_thread():
             return gram_torch(block, refs, self.device, append)
-        return gram_numpy(block, refs, append)
 
     def project(
         self,
@@ -105,13 +125,13 @@ class Products:
         """V = X^T M (c, k) computed in float64, returned as float32."""
         if self.device == "numpy":
             return project_numpy(block, m, refs, append)
-        return project_torch(block, m, refs, self.device, append)
+        with single_thread():
+            return project_torch(block, m, refs, self.device, append)
 
     # ---------------------------------------------------------------- randomized SVD
     @property
     def _rdev(self) -> str:
-        # Long inner dimensions again: numpy on the CPU for thread-count independent bits.
-        return self.device if self.device.startswith("cuda") else "numpy"
+        return self.device
 
     def _as64(self, x32: np.ndarray, refs: Refs | None, append: np.ndarray | None):
         n = x32.shape[0] + (append is not None)
@@ -128,7 +148,12 @@ class Products:
     def _host(self, x) -> np.ndarray:
         return x if self._rdev == "numpy" else x.cpu().numpy()
 
-    def sketch(
+    def sketch(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """See `_sketch`; one intra-op thread on the CPU."""
+        with single_thread():
+            return self._sketch(*args, **kwargs)
+
+    def _sketch(
         self,
         block: np.ndarray,
         omega: Callable[[int, int], np.ndarray],
@@ -158,7 +183,12 @@ class Products:
             return np.zeros((n, omega(0, 0).shape[1])), np.zeros(n), np.zeros(e.shape)
         return self._host(y), self._host(sq), self._host(ge)
 
-    def power(
+    def power(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+        """See `_power`; one intra-op thread on the CPU."""
+        with single_thread():
+            return self._power(*args, **kwargs)
+
+    def _power(
         self,
         block: np.ndarray,
         m: np.ndarray,

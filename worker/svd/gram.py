@@ -42,6 +42,7 @@ import numpy as np
 
 from storage.errors import InvalidInput
 from worker.executors.base import tree_reduce
+from worker.executors.local import LocalExecutor
 from worker.svd.backend import Products, RowBlock
 
 MODES = ("raw", "delta", "centered")
@@ -214,6 +215,7 @@ def gram_basis(
     ref_row: int | None = 0,
     rcond: float = DEFAULT_RCOND,
     device: str | None = None,
+    workers: int | None = None,
 ) -> Basis:
     """Top-k right singular vectors of W (t x D) given as a re-iterable of column chunks.
 
@@ -232,9 +234,13 @@ def gram_basis(
     prod = Products(device)
     blocks = member_chunks(chunks, mode, ref_row)
     augmented = blocks[0][2] is not None
-    g = tree_reduce([prod.gram(*b) for b in blocks], operator.add)
-    solve = solve_gram(g, k, mode=mode, rcond=rcond, augmented=augmented)
-    v = np.concatenate([prod.project(x, solve.m, refs, app) for x, refs, app in blocks], axis=0)
+    # Chunks run side by side on threads (each product on one BLAS thread, see backend.py);
+    # the Grams are summed in the executors' tree order, so bytes match compute_bases.
+    with LocalExecutor(workers) as pool:
+        g = tree_reduce(pool.map(lambda b: prod.gram(*b), blocks), operator.add)
+        solve = solve_gram(g, k, mode=mode, rcond=rcond, augmented=augmented)
+        parts = pool.map(lambda b: prod.project(b[0], solve.m, b[1], b[2]), blocks)
+    v = np.concatenate(parts, axis=0)
     return Basis(v=v, singular_values=solve.singular_values, energy=solve.energy, mode=mode)
 
 

@@ -10,7 +10,13 @@ import torch
 
 from storage.basis import BasisStore
 from storage.errors import InvalidInput
-from worker.svd.backend import SUB_BLOCK, Products, gram_numpy, gram_torch, resolve_device
+from worker.svd.backend import (
+    SUB_BLOCK,
+    Products,
+    gram_torch,
+    resolve_device,
+    single_thread,
+)
 from worker.svd.bases import task_basis
 from worker.svd.gram import svd_basis
 
@@ -69,8 +75,10 @@ def test_numpy_and_torch_grams_agree_to_1e12(delta):
     assert np.abs(g_np - exact).max() <= 1e-12 * scale
     assert np.abs(g_torch - exact).max() <= 1e-12 * scale
     assert np.abs(g_np - g_torch).max() <= 1e-12 * scale
-    # The 'cpu' device computes its Gram with numpy (thread-count independent).
-    assert np.array_equal(Products("cpu").gram(w, refs), g_np)
+    # The 'cpu' device computes its Gram with torch on one intra-op thread (deterministic).
+    with single_thread():
+        g_one = gram_torch(w, refs, "cpu")
+    assert np.array_equal(Products("cpu").gram(w, refs), g_one)
 
 
 def test_numpy_and_torch_projections_agree():
@@ -106,7 +114,7 @@ def test_executor_tasks_use_the_requested_device(tiny_store, tmp_path):
 # ------------------------------------------------------------------------ reproducibility
 def test_cpu_products_do_not_depend_on_the_thread_count():
     # MKL splits a skinny Gram's inner dimension across threads (different bits per thread
-    # count); the CPU Gram avoids it, and the projection's partition is by output rows.
+    # count); the CPU products pin one intra-op thread per call, whatever the caller set.
     w = _trajectory(t=33, d=8 * SUB_BLOCK + 5)
     m = np.random.default_rng(2).standard_normal((33, 7))
     p = Products("cpu")
@@ -123,7 +131,12 @@ def test_cpu_products_do_not_depend_on_the_thread_count():
     for g, v in results[1:] + concurrent:
         assert np.array_equal(g, results[0][0])
         assert np.array_equal(v, results[0][1])
-    assert np.array_equal(gram_numpy(w), results[0][0])
+    # ...and the same bits as torch run on one thread on purpose.
+    torch.set_num_threads(1)
+    try:
+        assert np.array_equal(gram_torch(w, None, "cpu"), results[0][0])
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
