@@ -122,28 +122,54 @@ def train_with_trajectory(cfg: DemoConfig, store_url: str):
 
 
 def run_demo(cfg: DemoConfig, progress=None) -> dict:
-    """Run the whole demo; returns a summary dict (also what the CLI prints)."""
-    from storage.trajectory import TrajectoryStore
-    from worker.executors import make_executor
-    from worker.svd.bases import task_basis
+    """Run the whole demo; returns a summary dict (also what the CLI prints).
 
+    After training, everything goes through the registry as a remote fine-tuning worker would
+    see it: a `tinysub serve` process on loopback (SQLite and a local store under the work
+    dir), the trajectory uploaded row by row, bases ordered as jobs, then pulled into the
+    client's verified cache.
+    """
+    from client import Client
+    from services.local import LocalServer
+    from storage.errors import InvalidInput
+    from storage.trajectory import TrajectoryStore
+
+    if not 1 <= cfg.rank <= cfg.epochs:
+        # Known before training: a delta basis has one row per epoch.
+        raise InvalidInput(f"rank {cfg.rank} needs at least {cfg.rank} epochs; got {cfg.epochs}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     store_url = str(cfg.workdir / "trajectory")
     metrics = train_with_trajectory(cfg, store_url)
     store = TrajectoryStore.open(store_url)
-    out = {"trajectory": store.summary(), "eval": metrics, "bases": {}}
-    with make_executor(cfg.executor) as ex:
-        for kind, scope in (("task", "layer"), ("global", "global")):
-            report = task_basis(
-                store_url,
-                str(cfg.workdir / "bases" / kind),
-                cfg.rank,
-                mode="delta",
-                scope=scope,
-                executor=ex,
-                overwrite=True,
-                progress=progress,
-            )
-            out["bases"][kind] = {"summary": report.bases[0].summary(), "seconds": report.seconds}
+    out: dict = {"trajectory": store.summary(), "eval": metrics, "bases": {}}
+
+    registry_dir = cfg.workdir / "registry"
+    shutil.rmtree(registry_dir, ignore_errors=True)  # a fresh registry per demo run
+    env = {"TINYSUB_EXECUTOR": cfg.executor}
+    with LocalServer(registry_dir, env=env) as server:
+        out["registry"] = server.url
+        client = Client(server.url, token=server.admin_token(), cache_dir=cfg.workdir / "cache")
+        client.create_task(DEMO_TASK, model=store.model_name, layout=store.layout)
+        client.upload_trajectory(DEMO_TASK, store_url)
+        # task: the trajectory's own subspace; global: one subspace for the whole encoder;
+        # random: the seeded baseline of the same shapes.
+        jobs = {
+            kind: client.compute_basis(DEMO_TASK, kind, rank=cfg.rank, mode="delta")
+            for kind in ("task", "global", "random")
+        }
+        for done, job in enumerate(jobs.values(), 1):
+            job.wait(timeout=600)
+            if progress:
+                progress("bases", done, len(jobs))
+        for kind in jobs:
+            pulled = client.pull_basis(DEMO_TASK, kind)
+            out["bases"][kind] = {
+                "manifest": pulled.manifest,
+                "files": {k: str(v) for k, v in pulled.files.items()},
+            }
+        client.close()
     return out
+
+
+DEMO_TASK = "demo-synthetic"

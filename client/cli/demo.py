@@ -32,20 +32,26 @@ def demo_cmd(
         f"epochs, {len(traj['groups'])} layers, layout {traj['layout_hash'][:12]})"
     )
     console.print(f"fine-tuned dev accuracy: {out['eval'].get('eval_accuracy', float('nan')):.3f}")
+    console.print(f"registry: {out['registry']} (stopped); bases pulled into the verified cache:")
     for kind, info in out["bases"].items():
-        s = info["summary"]
-        table = Table(title=f"{kind} basis ({s['mode']}, {s['scope']}) at {s['url']}")
+        m = info["manifest"]
+        params = m.get("params", {})
+        table = Table(title=f"{kind} basis v{m['version']} (mode {params.get('mode', '-')})")
         table.add_column("layer")
         table.add_column("D x k")
         table.add_column("energy captured")
         table.add_column("spectrum (sigma_1 .. sigma_k)")
-        for layer in s["layers"]:
-            sv = layer["singular_values"]
+        table.add_column("sha256")
+        for layer in m["layers"]:
+            sv = layer.get("singular_values") or []
+            energy = layer.get("energy") or []
             table.add_row(
                 layer["name"],
                 f"{layer['shape'][0]:,} x {layer['shape'][1]}",
-                f"{layer['energy_captured']:.4f}",
-                " ".join(f"{x:.3g}" for x in sv[:6]) + (" ..." if len(sv) > 6 else ""),
+                f"{sum(energy):.4f}" if energy else "-",
+                " ".join(f"{x:.3g}" for x in sv[:4]) + (" ..." if len(sv) > 4 else ""),
+                layer["sha256"][:12],
             )
         console.print(table)
-        console.print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in info["seconds"].items()))
+        first = next(iter(info["files"].values()))
+        console.print(f"cached at {Path(first).parent}")
