@@ -32,7 +32,7 @@ from storage.objects import Location, zarr_store
 FORMAT = "tinysub.trajectory/1"
 MANIFEST = "tinysub.json"
 ROWS_DIR = "_rows"
-DEFAULT_CHUNK_COLS = 1 << 20  # 4 MiB of float32 per chunk
+DEFAULT_CHUNK_COLS = 1 << 16  # 256 KiB of float32 per chunk: see docs/architecture.md
 DEFAULT_CAPACITY = 128
 
 

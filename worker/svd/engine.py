@@ -59,7 +59,7 @@ __all__ = [
 SCOPES = ("layer", "global")
 METHODS = ("gram", "randomized")
 GLOBAL_KEY = "global"  # the reduction key of a global basis: every layer's blocks sum into it
-DEFAULT_BLOCK_COLS = 1 << 18
+DEFAULT_BLOCK_COLS = 1 << 16
 
 
 @dataclass
