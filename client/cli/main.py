@@ -7,7 +7,7 @@ import sys
 import click
 import typer
 
-from client.cli import basis, inspect
+from client.cli import basis, finetune, inspect
 from client.cli.common import err_console
 from storage.errors import TinysubError
 
@@ -20,6 +20,7 @@ app = typer.Typer(
 )
 app.add_typer(basis.app, name="basis")
 app.command("inspect")(inspect.inspect_cmd)
+finetune.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:
