@@ -36,7 +36,10 @@ class SubspaceConfig:
         ``random``: each of the h vectors is drawn from N(0, init_std^2), as in the paper, which
         averages differently initialized vectors to cut the variance. ``zeros``: theta starts at
         0, so the wrapped model starts exactly at the pre-trained weights (Aghajanyan et al.).
-        With ``zeros`` all h vectors get the same gradient and stay equal.
+        Note: the loss depends on the h vectors only through their mean, so every member gets
+        the same gradient (1/h of the mean's). With Adam and no weight decay on theta they also
+        get the same update, so the ensemble trains exactly like one vector started at the mean
+        of the h draws: its effect is an initial spread of init_std / sqrt(h) (a test checks it).
     init_std:
         Standard deviation of the random initialization (the paper does not state it).
     train_parts:

@@ -95,7 +95,10 @@ def open_source(spec: RunSpec) -> BasisSource | None:
             token=spec.token,
         )
     if spec.basis:
-        return StoreBasisSource.open(spec.basis, task=spec.basis_task)
+        source = StoreBasisSource.open(spec.basis, task=spec.basis_task)
+        if spec.basis_kind and source.kind != spec.basis_kind:
+            raise InvalidInput(f"{spec.basis} is a {source.kind!r} basis, not {spec.basis_kind!r}")
+        return source
     if spec.method in BASIS_KIND:
         raise InvalidInput(
             f"method {spec.method!r} needs a basis: a local --basis PATH or --registry URL "

@@ -184,3 +184,27 @@ def test_float16_basis_changes_outputs_by_rounding_only(arch):
     rel_out = ((out["float16"] - out["float32"]).abs().max() / out["float32"].abs().max()).item()
     assert 0 < rel_update < 1e-3
     assert rel_out < 1e-3
+
+
+def test_the_ensemble_trains_like_one_vector_started_at_its_mean():
+    """Adam gives every member the same update, so h random vectors behave as their mean."""
+    batch = make_batch()
+    wide = prepare(
+        "random",
+        make_model("bert"),
+        SubspaceConfig(dim=4, ensemble=8, init_std=0.3, train_parts=()),
+    )
+    one = prepare("random", make_model("bert"), SubspaceConfig(dim=4, ensemble=1, train_parts=()))
+    with torch.no_grad():
+        for k, p in one.subspace_theta.items():
+            p.copy_(wide.subspace_theta[k].mean(0, keepdim=True))
+    for model in (wide, one):
+        opt = torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=0.05, eps=1e-12
+        )
+        for _ in range(4):
+            opt.zero_grad()
+            model(**batch).loss.backward()
+            opt.step()
+    for g in wide.layout.group_names:
+        torch.testing.assert_close(wide.theta(g), one.theta(g), atol=1e-5, rtol=1e-5)
