@@ -93,15 +93,18 @@ def load_model(
     num_labels: int,
     problem: str = "classification",
     texts: Iterable[str] = (),
+    tokenizer=None,
 ) -> LoadedModel:
     """Load `name` for sequence classification (num_labels=1 and problem='regression' for a
     regression head). The classifier head is freshly initialized from torch's global RNG:
-    seed it first (`train.seed_everything`) so every method starts from the same head."""
+    seed it first (`train.seed_everything`) so every method starts from the same head.
+    A tiny model builds its tokenizer from `texts` unless `tokenizer` (e.g. a saved one) is
+    given; pre-trained models bring their own unless `tokenizer` is given."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     problem_type = "regression" if problem == "regression" else "single_label_classification"
     if name in TINY:
-        tokenizer = word_tokenizer(texts)
+        tokenizer = tokenizer if tokenizer is not None else word_tokenizer(texts)
         config = tiny_config(name.split("-", 1)[1], len(tokenizer), num_labels, problem)
         model = AutoModelForSequenceClassification.from_config(config)
         return LoadedModel(model, tokenizer, name, None)
@@ -112,7 +115,8 @@ def load_model(
             f"or one of {list(TINY)}; nothing is downloaded from a hub"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         model = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=num_labels, problem_type=problem_type, local_files_only=True
         )

@@ -5,12 +5,14 @@ full / freeze / random / intrinsic numbers compares like with like. The run fold
 
     run.json            task, method, seed, dim, metric, score, metrics, basis reference, settings
     subspace/           theta (safetensors) + the reference to V (subspace methods)
+    tokenizer/          the tokenizer (small; with theta it makes the run rebuildable)
     outliers.json/.npz  outlier dimensions of V theta (subspace methods)
     model/              the merged model via save_pretrained (with save_model=True)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -218,6 +220,8 @@ def _write_outputs(spec: RunSpec, record: dict, model, loaded, layout) -> None:
             "total_fraction": rep["total_fraction"],
             "expected_gaussian_fraction": rep["expected_gaussian_fraction"],
         }
+    # The tokenizer is small and makes the run rebuildable (tiny models build theirs from data).
+    loaded.tokenizer.save_pretrained(os.path.join(spec.out, "tokenizer"))
     if spec.save_model:
         merged = model.merge() if isinstance(model, SubspaceModel) else model
         merged.save_pretrained(os.path.join(spec.out, "model"))
@@ -234,3 +238,61 @@ def read_run(path: str) -> dict:
         raise NotFound(f"no run at {path} (no {RUN_FILE})")
     with open(file) as f:
         return json.load(f)
+
+
+def restore(
+    path: str,
+    *,
+    basis: str | None = None,
+    basis_dtype: str | None = None,
+    device: str = "cpu",
+):
+    """Rebuild a finished subspace run from its folder: the base model, V from the basis the run
+    references (checked by sha256; `basis` overrides the recorded local path), and the saved
+    theta and full-space parts. Returns (SubspaceModel, tokenizer, record)."""
+    from worker.finetune.reparam import read_subspace_manifest
+    from worker.finetune.sources import check_reference
+
+    record = read_run(path)
+    saved = read_subspace_manifest(os.path.join(path, "subspace"))
+    config = SubspaceConfig.from_dict(saved["config"])
+    if basis_dtype is not None:
+        config = dataclasses.replace(config, basis_dtype=basis_dtype)
+    ref = saved["basis"]
+    data = record["data"]
+    num_labels = 1 if data["problem"] == "regression" else len(data["labels"])
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        os.path.join(path, "tokenizer"), local_files_only=True
+    )
+    loaded = load_model(
+        record["model"], num_labels=num_labels, problem=data["problem"], tokenizer=tokenizer
+    )
+    source = None
+    if ref["kind"] in ("task", "unified", "zeroshot", "global"):
+        url = basis or ref.get("url")
+        if not url:
+            raise InvalidInput(f"run {path} was trained in a registry basis; pass its local copy")
+        source = StoreBasisSource.open(url, task=ref.get("task"))
+        check_reference(source, ref)
+        if ref.get("columns"):
+            config = dataclasses.replace(config, dim=ref["columns"])
+    elif config.dim is None:  # a generated basis whose k came from a basis given at train time
+        first = next(iter(ref["layers"].values()))
+        config = dataclasses.replace(config, dim=int(first["shape"][1]))
+    model = prepare(saved["method"], loaded.model, config, source=source)
+    if ref["kind"] in ("random", "fastfood"):
+        check_reference_layers(model.subspace_reference, ref)
+    model.load_subspace_state(os.path.join(path, "subspace"))
+    return model.to(device), loaded.tokenizer, record
+
+
+def check_reference_layers(have: dict, want: dict) -> None:
+    bad = [
+        n
+        for n, w in want["layers"].items()
+        if have["layers"].get(n, {}).get("sha256") != w["sha256"]
+    ]
+    if bad:
+        raise InvalidInput(f"regenerated layers {bad} differ from the ones the run was trained in")

@@ -10,8 +10,9 @@ import pytest
 from client.cli.main import run as cli
 from storage.trajectory import TrajectoryStore
 from worker.finetune.config import SubspaceConfig
-from worker.finetune.runner import RunSpec, run
-from worker.finetune.train import TrainConfig
+from worker.finetune.data import load_task
+from worker.finetune.runner import RunSpec, restore, run
+from worker.finetune.train import TrainConfig, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +123,11 @@ def test_full_then_basis_then_every_command(toy_csv, tmp_path):
         == 0
     )
     assert _record(tmp_path / "rand")["basis"]["kind"] == "random"
+
+    for name in ("intr", "rand"):  # theta + the basis reference rebuild the trained model
+        model, tokenizer, rec = restore(str(tmp_path / name))
+        task = load_task(toy_csv)
+        assert evaluate(model, tokenizer, task, TrainConfig())["accuracy"] == rec["score"]
 
     assert (
         cli(
