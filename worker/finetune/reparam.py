@@ -115,6 +115,10 @@ class SubspaceModel(nn.Module):
                 raise LayoutMismatch(
                     f"the projection of {g.name!r} yields {rows:,} values; the layer has {g.size:,}"
                 )
+        for g in layout.groups:
+            ends = [p.offset + p.numel for p in g.params]
+            if [p.offset for p in g.params] != [0, *ends[:-1]]:
+                raise LayoutMismatch(f"parameters of {g.name!r} do not tile its vector in order")
         dims = {projections[g].in_features for g in layout.group_names}
         if config.scope == "global" and len(dims) != 1:
             raise InvalidInput(f"a global theta needs one dimension for all layers, got {dims}")
@@ -178,10 +182,12 @@ class SubspaceModel(nn.Module):
         params = {}
         updates = self.updates()
         for group in self.layout.groups:
-            u = updates[group.name]
-            for spec, full in zip(group.params, group.full_names(), strict=True):
-                view = u[spec.offset : spec.offset + spec.numel].view(spec.shape)
-                params[full] = self.base.get_parameter(full) + view
+            # The layout's parameters tile the layer vector in order, so one split gives every
+            # view; its backward is one concatenation (slicing would allocate a zero-padded
+            # (D,) gradient per parameter).
+            pieces = torch.split(updates[group.name], [spec.numel for spec in group.params])
+            for spec, full, piece in zip(group.params, group.full_names(), pieces, strict=True):
+                params[full] = self.base.get_parameter(full) + piece.view(spec.shape)
         return params
 
     def forward(self, *args, **kwargs):
