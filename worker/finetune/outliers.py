@@ -239,25 +239,17 @@ def plot_profiles(
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
     for ax, (label, layers) in zip(axes, panels.items(), strict=True):
-        pos = 0
-        for i, (layer, prof) in enumerate(layers.items()):
-            x = np.arange(pos, pos + prof.size)
-            ax.plot(x, prof, lw=0.6, color=f"C{i % 10}")
+        pos, centers = 0, []
+        for i, prof in enumerate(layers.values()):
+            ax.plot(np.arange(pos, pos + prof.size), prof, lw=0.6, color=f"C{i % 10}")
             ax.axvline(pos, color="0.85", lw=0.5)
-            ax.text(
-                pos + prof.size / 2,
-                1.0,
-                layer,
-                transform=ax.get_xaxis_transform(),
-                ha="center",
-                va="bottom",
-                fontsize=7,
-            )
+            centers.append(pos + prof.size / 2)
             pos += prof.size
-        ax.set_ylabel("|V theta|")
+        ax.set_xticks(centers, list(layers), fontsize=8)
+        ax.set_ylabel("max |V theta| per bin")
         ax.set_title(label, loc="left", fontsize=9)
         ax.set_xlim(0, pos)
-        ax.set_xticks([])
+        ax.set_ylim(bottom=0)
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=120)
