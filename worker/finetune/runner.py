@@ -250,6 +250,8 @@ def restore(
     """Rebuild a finished subspace run from its folder: the base model, V from the basis the run
     references (checked by sha256; `basis` overrides the recorded local path), and the saved
     theta and full-space parts. Returns (SubspaceModel, tokenizer, record)."""
+    from transformers import AutoTokenizer
+
     from worker.finetune.reparam import read_subspace_manifest
     from worker.finetune.sources import check_reference
 
@@ -261,11 +263,10 @@ def restore(
     ref = saved["basis"]
     data = record["data"]
     num_labels = 1 if data["problem"] == "regression" else len(data["labels"])
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(
-        os.path.join(path, "tokenizer"), local_files_only=True
-    )
+    saved_tokenizer = os.path.join(path, "tokenizer")
+    tokenizer = None
+    if os.path.isdir(saved_tokenizer):
+        tokenizer = AutoTokenizer.from_pretrained(saved_tokenizer, local_files_only=True)
     loaded = load_model(
         record["model"], num_labels=num_labels, problem=data["problem"], tokenizer=tokenizer
     )

@@ -175,6 +175,9 @@ class HeldZero:
 def predict(model: nn.Module, tokenizer, examples: Examples, cfg: TrainConfig) -> np.ndarray:
     """Logits (n, c) or regression scores (n, 1) of the model on `examples`, in eval mode."""
     device = next(model.parameters()).device
+    if hasattr(model, "merge"):
+        # A subspace model evaluates as its merged copy: V theta once, not once per batch.
+        model = model.merge()
     was_training = model.training
     model.eval()
     out = []
