@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from storage.arrays import flatten_state
@@ -198,9 +199,54 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         record["dim"] = next(iter(model.subspace_theta.values())).shape[1]
         record["basis"] = model.subspace_reference
         record["subspace"] = spec.subspace.to_dict()
+    if spec.registry:
+        record["registry_run"] = post_run(spec, record, source)
     if spec.out:
         _write_outputs(spec, record, model, loaded, layout)
     return record
+
+
+def post_run(spec: RunSpec, record: dict[str, Any], source: Any) -> dict[str, Any]:
+    """Report the run to the registry's /v1/runs so results are tracked per basis version.
+
+    The run is filed under the registry task that owns the basis (or --task for full and
+    freeze runs). A registry that refuses or cannot be reached does not lose the run: it is
+    still returned and written to run.json, with the reason recorded.
+    """
+    import httpx
+
+    from client import Client
+    from storage.errors import TinysubError
+
+    client = getattr(source, "client", None) or Client(spec.registry, token=spec.token)
+    ref = record.get("basis") or {}
+    from_registry = bool(ref.get("registry"))
+    fields: dict[str, Any] = {
+        "task_id": ref.get("task") if from_registry else (spec.basis_task or spec.task),
+        "method": spec.method,
+        "seed": int(spec.train.seed),
+        "params": {
+            "data_task": record["task"],
+            "dim": record["dim"],
+            "model": record["model"],
+            "metric": record["metric"],
+        },
+        "metrics": {
+            k: float(v)
+            for k, v in record["metrics"].items()
+            if isinstance(v, int | float) and np.isfinite(v)
+        },
+        "seconds": float(record["seconds"]),
+    }
+    if from_registry:
+        fields.update(
+            basis_task_id=ref["task"], basis_kind=ref["kind"], basis_version=int(ref["version"])
+        )
+    try:
+        return {"posted": True, **client.create_run(**fields)}
+    except (TinysubError, httpx.HTTPError) as exc:
+        log.warning("the registry did not take the run: %s", exc)
+        return {"posted": False, "error": str(exc)}
 
 
 def _write_outputs(spec: RunSpec, record: dict, model, loaded, layout) -> None:

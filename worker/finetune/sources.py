@@ -137,12 +137,13 @@ def _task_from_manifest(m: Mapping) -> str | None:
     return None
 
 
-class RegistryBasisSource(StoreBasisSource):
-    """A basis pulled by task ID from the registry: `client.Client(url).load_basis(...)`.
+class RegistryBasisSource:
+    """A basis pulled by task ID from the registry through `client.Client.pull_basis`.
 
-    The client downloads into its content-addressed cache, verifies every layer's sha256 and
-    returns the cached basis; this adapter only expects the result to behave like a
-    `BasisStore` (``manifest``, ``layers``, ``layer_names``, ``layer()``, ``load()``).
+    The client downloads into its content-addressed cache (or reuses it: an unchanged manifest
+    costs one 304), verifies every layer's sha256, and the layers are read as copy-on-write
+    memory maps of the cached files. The reference records the registry's task, kind and
+    version, so runs are tracked per basis version.
     """
 
     def __init__(
@@ -155,27 +156,62 @@ class RegistryBasisSource(StoreBasisSource):
         alias: str | None = None,
         token: str | None = None,
         cache_dir: str | None = None,
+        client: Any = None,
     ) -> None:
         try:  # the registry client; imported only when a registry is used
             from client import Client
-        except ImportError as exc:
+        except ImportError as exc:  # pragma: no cover - a worker installed without the client
             raise InvalidInput(
-                "this install has no registry client (client.Client); use a local --basis"
+                "this install has no registry client (pip install tinysub[client]); "
+                "use a local --basis"
             ) from exc
 
-        client = Client(registry_url, token=token, cache_dir=cache_dir)
-        kwargs: dict[str, Any] = {}
-        if version is not None:
-            kwargs["version"] = version
-        if alias is not None:
-            kwargs["alias"] = alias
-        store = client.load_basis(task_id, kind, **kwargs)
-        super().__init__(
-            store,
-            task=task_id,
-            version=version if version is not None else store.manifest.get("version"),
-            origin={"registry": registry_url, "alias": alias},
-        )
+        self.client = client or Client(registry_url, token=token, cache_dir=cache_dir)
+        self.registry_url = registry_url
+        self.alias = None if version is not None else (alias or "latest")
+        self.pulled = self.client.pull_basis(task_id, kind, version=version, alias=self.alias)
+        manifest = self.pulled.manifest
+        self.kind = kind
+        self.scope = "global" if kind == "global" else "layer"
+        self.task = task_id
+        self.version = int(manifest["version"])
+        self._layers = {info["name"]: info for info in manifest["layers"]}
+        params = manifest.get("params") or {}
+        self.tasks = list(params.get("tasks") or [])
+        self.held_out = params.get("held_out")
+
+    def layer_names(self) -> list[str]:
+        return list(self._layers)
+
+    def shape(self, layer: str) -> tuple[int, int]:
+        if layer not in self._layers:
+            raise LayoutMismatch(f"the pulled basis has no layer {layer!r}")
+        rows, rank = self._layers[layer]["shape"]
+        return int(rows), int(rank)
+
+    def load(self, layer: str) -> np.ndarray:
+        self.shape(layer)
+        return self.pulled.array(layer)
+
+    def check_layout(self, layout: Layout) -> None:
+        layout.check_compatible(self.client.task_layout(self.task), "basis layout")
+        _check_shapes(self, layout)
+
+    def reference(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "scope": self.scope,
+            "task": self.task,
+            "version": self.version,
+            "tasks": self.tasks or None,
+            "held_out": self.held_out,
+            "layers": {
+                n: {"shape": list(self.shape(n)), "sha256": i["sha256"]}
+                for n, i in self._layers.items()
+            },
+            "registry": self.registry_url,
+            "alias": self.alias,
+        }
 
 
 class RandomBasisSource:
