@@ -18,11 +18,20 @@ def demo_cmd(
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs = trajectory rows.")] = 16,
     rank: Annotated[int, typer.Option(help="Basis dimension per layer.")] = 8,
     executor: Annotated[str, typer.Option(help="local | dask | ray")] = "local",
+    finetune: Annotated[bool, typer.Option(help="Stage 2: full vs intrinsic vs random.")] = True,
+    finetune_steps: Annotated[int, typer.Option(help="Training steps of each stage-2 run.")] = 100,
 ) -> None:
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
     from client.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(workdir=workdir, epochs=epochs, rank=rank, executor=executor)
+    cfg = DemoConfig(
+        workdir=workdir,
+        epochs=epochs,
+        rank=rank,
+        executor=executor,
+        finetune=finetune,
+        finetune_steps=finetune_steps,
+    )
     console.rule("tinysub demo: fine-tune -> trajectory store -> bases")
     with phase_progress() as cb:
         out = run_demo(cfg, progress=cb)
@@ -55,3 +64,23 @@ def demo_cmd(
         console.print(table)
         first = next(iter(info["files"].values()))
         console.print(f"cached at {Path(first).parent}")
+    if "finetune" in out:
+        ft = out["finetune"]
+        table = Table(
+            title=f"subspace fine-tuning: {ft['model']} on {ft['task']} "
+            f"(basis from {ft['rows']} trajectory rows, dim {ft['rank']} per layer)"
+        )
+        for col in ("method", "trainable", "dev score", "seconds", "posted to registry"):
+            table.add_column(col)
+        for method, r in ft["runs"].items():
+            trainable = r.get("trainable") or {}
+            # theta vectors, then embeddings + head (which every method trains, as in the paper)
+            sub, other = trainable.get("subspace", 0), trainable.get("full_space", 0)
+            table.add_row(
+                method,
+                f"{sub:,} theta + {other:,}" if sub else f"{other:,}",
+                f"{r['metric']} {r['score']:.4f}",
+                f"{r['seconds']:.0f}",
+                str(r.get("posted") if r.get("posted") is not None else "-"),
+            )
+        console.print(table)

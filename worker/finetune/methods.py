@@ -105,6 +105,11 @@ def prepare(
     return SubspaceModel(base, layout, projections, config, reference, method=method)
 
 
+def same_task(a: str, b: str) -> bool:
+    """Whether two task names are the same task: a data task and its registry slug."""
+    return a.lower().replace("_", "-") == b.lower().replace("_", "-")
+
+
 def _check_source(method: str, source: BasisSource, task: str | None) -> None:
     want = BASIS_KIND[method]
     if source.kind != want:
@@ -116,15 +121,17 @@ def _check_source(method: str, source: BasisSource, task: str | None) -> None:
     ref: dict[str, Any] = source.reference()
     basis_task = ref.get("task")
     if task and basis_task:
-        if method == "intrinsic" and basis_task != task:
+        # Registry task IDs are slugs (`rotten-tomatoes`) of the data tasks (`rotten_tomatoes`).
+        same = same_task(basis_task, task)
+        if method == "intrinsic" and not same:
             raise InvalidInput(
                 f"intrinsic fine-tuning of {task!r} needs {task!r}'s own basis, not "
                 f"{basis_task!r}'s; use method 'transfer' for another task's basis"
             )
-        if method == "transfer" and basis_task == task:
+        if method == "transfer" and same:
             raise InvalidInput(f"the basis is {task!r}'s own: that is method 'intrinsic'")
     held_out = ref.get("held_out")
-    if method == "zeroshot" and task and held_out and held_out != task:
+    if method == "zeroshot" and task and held_out and not same_task(held_out, task):
         raise InvalidInput(f"this zero-shot basis holds out {held_out!r}, not {task!r}")
     if method == "unified" and task and ref.get("tasks") and task not in ref["tasks"]:
         log.warning("task %r is not among the unified basis' tasks %s", task, ref["tasks"])
