@@ -22,7 +22,13 @@ def demo_cmd(
     finetune_steps: Annotated[int, typer.Option(help="Training steps of each stage-2 run.")] = 100,
 ) -> None:
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
+    import transformers
+
     from client.demo import DemoConfig, run_demo
+
+    # The demo prints its own summary; model-loading reports (a fresh classifier head is
+    # expected here) would only bury it.
+    transformers.logging.set_verbosity_error()
 
     cfg = DemoConfig(
         workdir=workdir,
