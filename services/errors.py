@@ -16,34 +16,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from storage.errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     LayoutMismatch,
     NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
     ReadOnly,
     StorageError,
+    TaskFailed,
     TinysubError,
     Unauthorized,
 )
 
 log = logging.getLogger(__name__)
-
-
-class PayloadTooLarge(InvalidInput):
-    """A request body over the configured limit; nothing of it was written."""
-
-    code = "payload_too_large"
-
-
-class RangeNotSatisfiable(InvalidInput):
-    """A Range header outside the resource."""
-
-    code = "range_not_satisfiable"
-
-
-class NotReady(Conflict):
-    """The basis exists but is not `ready`, so it is not served."""
-
-    code = "not_ready"
 
 
 # The one table: error type -> HTTP status. Subclasses not listed inherit their parent's row.
@@ -58,6 +45,8 @@ STATUS: dict[type[TinysubError], int] = {
     RangeNotSatisfiable: 416,
     ReadOnly: 409,
     StorageError: 500,
+    InsufficientStorage: 507,
+    TaskFailed: 500,
     Unauthorized: 401,
     Forbidden: 403,
 }

@@ -23,15 +23,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from storage.errors import TinysubError
+from storage.errors import TaskFailed, TinysubError
 
 ProgressFn = Callable[[int], None]
-
-
-class TaskFailed(TinysubError):
-    """A chunk task raised an error that is not a TinysubError (a bug, a crashed worker)."""
-
-    code = "task_failed"
 
 
 class Executor(ABC):
