@@ -12,6 +12,7 @@ Not a LocalFileSystem subclass on purpose: tinysub then goes through zarr's Fssp
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
@@ -24,10 +25,8 @@ def used_bytes(root: str) -> int:
     total = 0
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
-            try:
+            with contextlib.suppress(FileNotFoundError):  # removed while counted
                 total += os.path.getsize(os.path.join(dirpath, name))
-            except FileNotFoundError:  # removed while counted
-                pass
     return total
 
 

@@ -231,7 +231,8 @@ def test_chunk_corrupted_behind_the_checksum_is_caught_by_the_client(big_basis, 
     assert not list((tmp_path / "cache").rglob("*.incomplete"))
     # The server's own check finds it too.
     assert BasisStore.open(url).verify() == ["layer.0: sha256 mismatch"]
-    assert json.loads((url / "tinysub-basis.json").read_text())["layers"][0]["sha256"] == (
-        info["sha256"]
+    assert (
+        json.loads((url / "tinysub-basis.json").read_text())["layers"][0]["sha256"]
+        == (info["sha256"])
     )
     assert os.path.exists(url / "tinysub-basis.json")
