@@ -53,6 +53,7 @@ STATUS: dict[type[TinysubError], int] = {
 
 # Codes for errors Starlette raises itself (unknown route, wrong method).
 _HTTP_CODES = {
+    400: InvalidInput.code,  # a body that cannot be parsed at all (not UTF-8)
     401: Unauthorized.code,
     403: Forbidden.code,
     404: NotFound.code,
