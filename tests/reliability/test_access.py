@@ -160,8 +160,9 @@ def test_revocation_is_immediate_across_processes_and_kept_alive_connections(tmp
             created = http.post("/v1/tokens", json={"name": "leaked", "scopes": ["read"]}).json()
             other = http.post("/v1/tokens", json={"name": "cli", "scopes": ["read"]}).json()
         # One kept-alive connection per token: revocation must not be cached per connection.
-        with httpx.Client(base_url=server.url, headers=auth(created["token"])) as user, \
-                httpx.Client(base_url=server.url, headers=auth(other["token"])) as user2:  # fmt: skip
+        user = httpx.Client(base_url=server.url, headers=auth(created["token"]))
+        user2 = httpx.Client(base_url=server.url, headers=auth(other["token"]))
+        with user, user2:
             assert user.get("/v1/tasks").status_code == 200
             assert user2.get("/v1/tasks").status_code == 200
             with httpx.Client(base_url=server.url, headers=auth(admin)) as http:
