@@ -65,6 +65,25 @@ _HTTP_CODES = {
 }
 
 
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    """The error statuses every /v1 operation may answer, documented with their body schema
+    (OpenAPI `responses`; clients and the fuzzer check answers against it)."""
+    from services.schemas import ErrorPublic
+
+    described = {
+        400: "The body cannot be parsed (not UTF-8).",
+        401: "No valid bearer token.",
+        403: "The token lacks the scope this needs.",
+        404: "No such task, trajectory, basis, version, alias, layer, job, run or token.",
+        409: "Conflicts with what is stored, or the basis is not ready (code not_ready).",
+        413: "The body is over the configured limit.",
+        422: "Invalid input: IDs, shapes, ranks, layouts, non-finite values.",
+        500: "Internal or storage error (code storage_error for a failed checksum).",
+        507: "The store is full; nothing was committed.",
+    }
+    return {status: {"model": ErrorPublic, "description": d} for status, d in described.items()}
+
+
 def status_for(exc: TinysubError) -> int:
     for cls in type(exc).__mro__:
         if cls in STATUS:
