@@ -280,6 +280,15 @@ class RunList(Page):
     items: list[RunPublic]
 
 
+class ErrorPublic(_Out):
+    """Every error response: a stable code (storage.errors.ERROR_TYPES), a message for people,
+    and optional structured detail."""
+
+    code: str = Field(description="Names the error class, e.g. not_found, not_ready.")
+    message: str
+    detail: Any = None
+
+
 class Health(_Out):
     status: str
     version: str
