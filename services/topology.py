@@ -102,7 +102,7 @@ class Process:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            log.warning("%s did not stop on signal %s; killing it", self.name, sig)
+            log.info("%s did not stop on signal %s in %ss; killing it", self.name, sig, timeout)
         # Children that outlived the leader are in the same group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
@@ -371,6 +371,9 @@ class RayHead(_Service):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+        # Ray Client, as a driver off the cluster's machines connects (docker-compose.yml).
+        self.client_port = free_port()
+        self.client_address = f"ray://127.0.0.1:{self.client_port}"
         # Unix socket paths are limited to ~107 bytes: keep the session folder short.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="tsray-"))
         cmd = [
@@ -378,7 +381,7 @@ class RayHead(_Service):
             "--node-ip-address", "127.0.0.1", "--port", str(self.port),
             "--num-cpus", str(num_cpus), "--include-dashboard", "false",
             "--temp-dir", str(self.temp_dir),
-            "--ray-client-server-port", str(free_port()),
+            "--ray-client-server-port", str(self.client_port),
             "--dashboard-agent-listen-port", str(free_port()),
             "--object-store-memory", str(256 << 20),
         ]  # fmt: skip

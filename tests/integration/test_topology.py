@@ -3,7 +3,8 @@
 moto's S3 server stands in for MinIO, PostgreSQL runs from the Debian packages (SQLite when this
 machine cannot run it; tests/integration/test_postgres.py then skips and says why), a Dask
 scheduler with two workers is started with the `dask` command line, a Ray head with
-`ray start --head`, and `tinysub serve` is pointed at them through TINYSUB_* variables.
+`ray start --head` (token authentication on, reached through Ray Client), and `tinysub serve`
+is pointed at them through TINYSUB_* variables.
 
 Trajectories are ingested into s3:// by `tinysub ingest` in its own process and registered from
 a trusted prefix; a third task is uploaded over HTTP into the registry's s3:// store root. Task,
@@ -120,7 +121,8 @@ def test_topology_end_to_end(executor, clusters, inputs, local_s3, local_postgre
         "TINYSUB_STORAGE_OPTIONS": json.dumps(local_s3.storage_options),
         "TINYSUB_TRUSTED_STORE_PREFIXES": json.dumps([INCOMING]),
         "TINYSUB_EXECUTOR": executor,
-        "TINYSUB_EXECUTOR_ADDRESS": cluster.address,
+        # Ray through Ray Client (ray://), as the registry container reaches ray-head.
+        "TINYSUB_EXECUTOR_ADDRESS": getattr(cluster, "client_address", cluster.address),
         "TINYSUB_BLOCK_COLS": str(BLOCK_COLS),
         "TINYSUB_JOB_POLL_SECONDS": "0.1",
     }
