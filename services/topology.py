@@ -71,7 +71,8 @@ class Process:
 
     @property
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        # Not poll(): that would reap an exited leader, and stop() must still find its group.
+        return self.proc is not None and self.proc.returncode is None and not _exited(self.proc.pid)
 
     def log_tail(self, chars: int = 3000) -> str:
         try:
@@ -93,21 +94,34 @@ class Process:
         raise RuntimeError(f"{self.name}: no {what} after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
-        """Signal the whole process group, then SIGKILL it if it has not exited in time."""
-        if self.proc is None:
+        """Signal the whole process group, then SIGKILL what is left of it.
+
+        The leader is reaped only after the SIGKILL: until then it is at least a zombie that
+        keeps its pid, so the group id cannot have been reused by an unrelated process.
+        """
+        if self.proc is None or self.proc.returncode is not None:
             return
         pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
+        deadline = time.monotonic() + timeout
+        while not _exited(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _exited(pgid):
             log.info("%s did not stop on signal %s in %ss; killing it", self.name, sig, timeout)
         # Children that outlived the leader are in the same group.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
+            self.proc.wait(10)
+
+
+def _exited(pid: int) -> bool:
+    """Whether child `pid` has exited, without reaping it (it stays a zombie)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # already reaped
+        return True
 
 
 def port_open(port: int, host: str = "127.0.0.1") -> bool:

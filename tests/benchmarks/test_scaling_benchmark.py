@@ -25,29 +25,30 @@ def report():
     return _load("scaling_report")
 
 
-def _synthetic(a, b, c, e, k=8):
+def _synthetic(a, b, c, w, k=8):
     cases = []
     for t, d, layers in [(16, 10**6, 1), (32, 10**6, 1), (64, 10**6, 1), (128, 10**6, 1),
                          (32, 4 * 10**6, 1), (32, 10**6, 4)]:  # fmt: skip
         v, n = (t + 1) * d * layers, d * layers
         cases.append({
-            "study": "t", "label": f"{t}-{d}-{layers}", "kind": "task", "executor": "local",
-            "storage": "disk", "t": t, "D": d, "layers": layers,
-            "phases": {"gram": a * v + b * 2 * t * t * n, "project": c * v + e * 2 * t * k * n},
+            "study": "D" if d > 10**6 else "t", "label": f"{t}-{d}-{layers}", "kind": "task",
+            "executor": "local", "storage": "disk", "t": t, "D": d, "layers": layers,
+            "phases": {"gram": 0.3 + a * v + b * 2 * t * t * n, "project": c * v + w * k * n},
         })  # fmt: skip
     return {"rank": k, "cases": cases}
 
 
 def test_fit_recovers_the_cost_model(report):
-    truth = {"a": 5e-9, "b": 1e-10, "c": 8e-9, "e": 2e-10}
+    truth = {"a": 5e-9, "b": 1e-10, "c": 8e-9, "w": 2e-9}
     model = report.fit(_synthetic(**truth))
+    assert model["f"] == pytest.approx(0.3) and model["g"] == pytest.approx(0, abs=1e-9)
     for name, value in truth.items():
         assert model[name] == pytest.approx(value, rel=1e-6), name
     assert model["gram_rel_err"] < 1e-6 and model["project_rel_err"] < 1e-6
 
 
 def test_projection_scales_down_with_workers_until_io_or_scheduling_binds(report):
-    model = {"a": 5e-9, "b": 1e-10, "c": 8e-9, "e": 2e-10}
+    model = {"a": 5e-9, "b": 1e-10, "c": 8e-9, "w": 2e-9}
     rows = report.project_7b(model, workers=(1, 2, 4, 1 << 20))
     one, two = rows[0]["total_h"], rows[1]["total_h"]
     assert two == pytest.approx(one / 2)  # compute-bound: linear speed-up
