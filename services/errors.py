@@ -16,34 +16,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from storage.errors import (
     Conflict,
     Forbidden,
+    InsufficientStorage,
     InvalidInput,
     LayoutMismatch,
     NotFound,
+    NotReady,
+    PayloadTooLarge,
+    RangeNotSatisfiable,
     ReadOnly,
     StorageError,
+    TaskFailed,
     TinysubError,
     Unauthorized,
 )
 
 log = logging.getLogger(__name__)
-
-
-class PayloadTooLarge(InvalidInput):
-    """A request body over the configured limit; nothing of it was written."""
-
-    code = "payload_too_large"
-
-
-class RangeNotSatisfiable(InvalidInput):
-    """A Range header outside the resource."""
-
-    code = "range_not_satisfiable"
-
-
-class NotReady(Conflict):
-    """The basis exists but is not `ready`, so it is not served."""
-
-    code = "not_ready"
 
 
 # The one table: error type -> HTTP status. Subclasses not listed inherit their parent's row.
@@ -58,12 +45,15 @@ STATUS: dict[type[TinysubError], int] = {
     RangeNotSatisfiable: 416,
     ReadOnly: 409,
     StorageError: 500,
+    InsufficientStorage: 507,
+    TaskFailed: 500,
     Unauthorized: 401,
     Forbidden: 403,
 }
 
 # Codes for errors Starlette raises itself (unknown route, wrong method).
 _HTTP_CODES = {
+    400: InvalidInput.code,  # a body that cannot be parsed at all (not UTF-8)
     401: Unauthorized.code,
     403: Forbidden.code,
     404: NotFound.code,
@@ -73,6 +63,25 @@ _HTTP_CODES = {
     416: RangeNotSatisfiable.code,
     422: InvalidInput.code,
 }
+
+
+def error_responses() -> dict[int | str, dict[str, Any]]:
+    """The error statuses every /v1 operation may answer, documented with their body schema
+    (OpenAPI `responses`; clients and the fuzzer check answers against it)."""
+    from services.schemas import ErrorPublic
+
+    described = {
+        400: "The body cannot be parsed (not UTF-8).",
+        401: "No valid bearer token.",
+        403: "The token lacks the scope this needs.",
+        404: "No such task, trajectory, basis, version, alias, layer, job, run or token.",
+        409: "Conflicts with what is stored, or the basis is not ready (code not_ready).",
+        413: "The body is over the configured limit.",
+        422: "Invalid input: IDs, shapes, ranks, layouts, non-finite values.",
+        500: "Internal or storage error (code storage_error for a failed checksum).",
+        507: "The store is full; nothing was committed.",
+    }
+    return {status: {"model": ErrorPublic, "description": d} for status, d in described.items()}
 
 
 def status_for(exc: TinysubError) -> int:

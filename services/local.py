@@ -35,6 +35,7 @@ class LocalServer:
         data_dir: str | os.PathLike,
         env: dict[str, str] | None = None,
         port: int | None = None,
+        log_level: str = "warning",
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -47,6 +48,7 @@ class LocalServer:
             "PYTHONPATH": pythonpath,
         }
         self.log = self.data_dir / "server.log"
+        self.log_level = log_level
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -75,7 +77,7 @@ class LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
             sys.executable, "-m", "client.cli.main", "serve",
-            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", "warning",
+            "--host", "127.0.0.1", "--port", str(self.port), "--log-level", self.log_level,
         ]  # fmt: skip
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

@@ -8,7 +8,8 @@ import re
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from services.errors import PayloadTooLarge, error_body
+from services.errors import error_body
+from storage.errors import PayloadTooLarge
 
 _UPLOAD_PATH = re.compile(r"^/v1/tasks/[^/]+/trajectory/rows/\d+/groups/[^/]+$")
 

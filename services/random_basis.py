@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from storage.basis import BasisStore, BasisWriter
-from storage.errors import InvalidInput
+from storage.errors import InvalidInput, storage_error
 from storage.objects import Location, zarr_store
 
 
@@ -89,20 +89,28 @@ def random_basis(
         storage_options=storage_options,
         overwrite=overwrite,
     )
-    root = zarr.open_group(zarr_store(Location.from_url(writer.url, storage_options)), mode="r+")
-    for i, (name, d) in enumerate(shapes.items()):
-        arr = root[name]
-
-        def write(a: int, b: int, block: np.ndarray, arr=arr) -> None:
-            arr[a:b, :] = block
-
-        random_orthonormal(d, k, seed, name, write)
-        if progress:
-            progress("random", i + 1, len(shapes))
     layers = {
         # Q's own singular values are all 1; a random basis captures no measured energy.
         name: {"singular_values": [1.0] * k, "energy": [], "total_energy": 0.0}
         for name in shapes
     }
     full_meta = {"kind": "random", "seed": seed, "requested_rank": k, **(meta or {})}
-    return writer.commit(layers, full_meta)
+    try:
+        loc = Location.from_url(writer.url, storage_options)
+        root = zarr.open_group(zarr_store(loc), mode="r+")
+        for i, (name, d) in enumerate(shapes.items()):
+            arr = root[name]
+
+            def write(a: int, b: int, block: np.ndarray, arr=arr) -> None:
+                arr[a:b, :] = block
+
+            random_orthonormal(d, k, seed, name, write)
+            if progress:
+                progress("random", i + 1, len(shapes))
+        return writer.commit(layers, full_meta)
+    except OSError as exc:
+        writer.discard()
+        raise storage_error(f"writing the random basis at {writer.url} failed", exc) from exc
+    except BaseException:
+        writer.discard()  # nothing half-written lingers (no manifest: never served anyway)
+        raise

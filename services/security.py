@@ -114,6 +114,10 @@ def confine_url(url: str, settings: Settings) -> str:
     """
     if not isinstance(url, str) or not url or len(url) > 2048 or _bad_chars(url):
         raise InvalidInput("store URL is empty, too long or contains control characters")
+    if "::" in url:
+        # fsspec chains filesystems with '::' ("zip://x::file:///etc/a.zip"): the part after
+        # the first '::' would pick a second filesystem and path that no root check has seen.
+        raise Forbidden(f"store URL {url!r} chains filesystems ('::'); give a plain URL")
     if "://" in url and not url.startswith("file://"):
         proto, _, path = url.partition("://")
         segments = path.split("/")

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
     executor_workers: int | None = Field(
         default=None, description="Workers of a pool or cluster the executor starts itself."
     )
-    block_cols: int = Field(default=1 << 18, ge=1, description="Columns per kernel task.")
+    block_cols: int = Field(default=1 << 16, ge=1, description="Columns per kernel task.")
     anonymous_read: bool = Field(
         default=False, description="Serve read endpoints without a token (trusted networks)."
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from services.errors import RangeNotSatisfiable
+from storage.errors import RangeNotSatisfiable
 
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -42,7 +42,9 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if not first:  # suffix: the last N bytes
         n = int(last)
         if n == 0 or size == 0:
-            raise RangeNotSatisfiable(f"range {header!r} selects no bytes of {size}")
+            raise RangeNotSatisfiable(
+                f"range {header!r} selects no bytes of {size}", detail={"size": size}
+            )
         return max(0, size - n), size
     start = int(first)
     stop = size if not last else int(last) + 1

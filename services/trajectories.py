@@ -22,7 +22,7 @@ from services.security import confine_url
 from storage.arrays import encode
 from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, ReadOnly
 from storage.layout import Layout
-from storage.trajectory import TrajectoryStore
+from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore
 
 # Rows may be staged a little ahead of the committed ones (parallel uploads), not arbitrarily
 # far: a bogus row number must not be able to fill the disk.
@@ -55,7 +55,7 @@ def create_or_register(
     *,
     url: str | None,
     dtype: str = "float32",
-    chunk_cols: int = 1 << 20,
+    chunk_cols: int = DEFAULT_CHUNK_COLS,
 ) -> Trajectory:
     """Register the store at `url` (checked against the task's layout), or create the task's
     upload store. Idempotent for the same request; a different store is a Conflict."""

@@ -16,6 +16,7 @@ be opened, served or mistaken for a finished one.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -24,9 +25,18 @@ from typing import Any
 
 import numpy as np
 
-from storage.errors import Conflict, InvalidInput, NotFound, StorageError
+from storage.errors import (
+    Conflict,
+    InvalidInput,
+    LayoutMismatch,
+    NotFound,
+    StorageError,
+    storage_error,
+)
 from storage.layout import Layout
 from storage.objects import Location, zarr_store
+
+log = logging.getLogger(__name__)
 
 FORMAT = "tinysub.basis/1"
 MANIFEST = "tinysub-basis.json"
@@ -106,23 +116,39 @@ class BasisWriter:
         loc = Location.from_url(url, storage_options)
         if loc.exists(MANIFEST) and not overwrite:
             raise Conflict(f"a finished basis already exists at {loc.url}")
-        if loc.exists():
-            loc.delete(recursive=True)  # a previous attempt that never committed
-        root = zarr.open_group(zarr_store(loc), mode="w")
-        for name, (rows, rank) in shapes.items():
+        for name, (_rows, rank) in shapes.items():
             if rank < 1:
                 raise InvalidInput(f"layer {name!r} would have rank {rank}")
-            root.create_array(
-                name,
-                shape=(rows, rank),
-                chunks=(min(chunk_rows, rows), rank),
-                dtype="float32",
-                fill_value=0,
-                compressors=[Crc32cCodec()],
-                serializer=BytesCodec(endian="little"),
-                filters=None,
-            )
+        if loc.exists():
+            # A previous attempt that never committed, or a finished basis being replaced: the
+            # manifest goes first, so no reader ever sees a basis with some chunks gone.
+            loc.delete(MANIFEST)
+            loc.delete(recursive=True)
+        try:
+            root = zarr.open_group(zarr_store(loc), mode="w")
+            for name, (rows, rank) in shapes.items():
+                root.create_array(
+                    name,
+                    shape=(rows, rank),
+                    chunks=(min(chunk_rows, rows), rank),
+                    dtype="float32",
+                    fill_value=0,
+                    compressors=[Crc32cCodec()],
+                    serializer=BytesCodec(endian="little"),
+                    filters=None,
+                )
+        except OSError as exc:
+            raise storage_error(f"creating the basis store at {loc.url} failed", exc) from exc
         return cls(loc, shapes, chunk_rows)
+
+    def discard(self) -> None:
+        """Remove the uncommitted arrays (best effort: after a failed computation, so nothing
+        half-written lingers). A committed basis is left alone."""
+        try:
+            if not self.loc.exists(MANIFEST):
+                self.loc.delete(recursive=True)
+        except Exception:  # noqa: BLE001 - the storage that just failed may fail again
+            log.warning("could not remove the uncommitted basis at %s", self.url, exc_info=True)
 
     @property
     def url(self) -> str:
@@ -203,6 +229,25 @@ class BasisStore:
         data = self.manifest.get("layout")
         return Layout.from_dict(data) if data else None
 
+    def check_layout(self, layout: Layout, what: str = "the model") -> None:
+        """Refuse to apply this basis to parameters of another layout (another model, or other
+        grouping rules): `LayoutMismatch` naming both hashes. Bases written without a layout
+        in their manifest are checked by layer names and row counts."""
+        mine = self.layout
+        if mine is not None:
+            if mine.hash != layout.hash:
+                raise LayoutMismatch(
+                    f"the basis at {self.url} was built for layout {mine.hash[:12]} but "
+                    f"{what} has layout {layout.hash[:12]}: it is a basis of another model"
+                )
+            return
+        sizes = {g.name: g.size for g in layout.groups}
+        have = {n: i.rows for n, i in self.layers.items()}
+        if have != sizes:
+            raise LayoutMismatch(
+                f"the basis at {self.url} has layers {have} but {what} has groups {sizes}"
+            )
+
     def layer(self, name: str) -> LayerInfo:
         if name not in self.layers:
             raise NotFound(f"basis at {self.url} has no layer {name!r}; it has {self.layer_names}")
@@ -211,17 +256,32 @@ class BasisStore:
     def _array(self, name: str):
         self.layer(name)
         if name not in self._arrays:
-            self._arrays[name] = _open_array(self.loc, name, read_only=True)
+            try:
+                self._arrays[name] = _open_array(self.loc, name, read_only=True)
+            except (KeyError, FileNotFoundError) as exc:
+                raise NotFound(f"layer {name!r} of the basis at {self.url} is gone") from exc
         return self._arrays[name]
 
-    def load(self, name: str) -> np.ndarray:
-        """V of one layer, (D, k) float32."""
+    def _read(self, name: str, rows: slice) -> np.ndarray:
+        """Rows of one layer as C-order little-endian float32; a corrupt chunk (its crc32c
+        fails) is a StorageError and a basis deleted under this handle is NotFound, never
+        bytes (zarr would hand back the fill value for chunks that vanished)."""
+        arr = self._array(name)
         try:
-            return np.asarray(self._array(name)[:], dtype=np.float32)
+            block = np.ascontiguousarray(arr[rows], dtype="<f4")
+        except (KeyError, FileNotFoundError) as exc:
+            raise NotFound(f"the basis at {self.url} was deleted while it was read") from exc
         except (OSError, RuntimeError, ValueError) as exc:
             raise StorageError(
                 f"reading layer {name!r} of {self.url} failed (a chunk may be corrupt): {exc}"
             ) from exc
+        if not self.loc.exists(MANIFEST):
+            raise NotFound(f"the basis at {self.url} was deleted while it was read")
+        return block
+
+    def load(self, name: str) -> np.ndarray:
+        """V of one layer, (D, k) float32."""
+        return self._read(name, slice(None))
 
     def iter_bytes(
         self, name: str, start: int = 0, stop: int | None = None, block_bytes: int = 1 << 22
@@ -234,7 +294,6 @@ class BasisStore:
                 f"byte range [{start}, {stop}) is outside layer {name!r} of {info.nbytes} bytes"
             )
         row_bytes = 4 * info.rank
-        arr = self._array(name)
         rows_per_block = max(
             info.chunk_rows, block_bytes // row_bytes // info.chunk_rows * info.chunk_rows
         )
@@ -242,12 +301,7 @@ class BasisStore:
         while pos < stop:
             r0 = pos // row_bytes
             r1 = min(info.rows, (r0 // info.chunk_rows) * info.chunk_rows + rows_per_block)
-            try:
-                block = np.ascontiguousarray(arr[r0:r1], dtype="<f4")
-            except (OSError, RuntimeError, ValueError) as exc:
-                raise StorageError(
-                    f"reading layer {name!r} of {self.url} failed (a chunk may be corrupt): {exc}"
-                ) from exc
+            block = self._read(name, slice(r0, r1))
             raw = memoryview(block).cast("B")
             lo = pos - r0 * row_bytes
             hi = min(len(raw), stop - r0 * row_bytes)

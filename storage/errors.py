@@ -8,7 +8,10 @@ statuses in one table and the client rebuilds the same class from the JSON body.
 
 from __future__ import annotations
 
+import errno
 from typing import Any
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class TinysubError(Exception):
@@ -73,6 +76,47 @@ class Forbidden(TinysubError, PermissionError):
     code = "forbidden"
 
 
+class NotReady(Conflict):
+    """The basis exists but is not `ready` (pending, running or failed), so it is not served."""
+
+    code = "not_ready"
+
+
+class PayloadTooLarge(InvalidInput):
+    """A request body over the configured limit; nothing of it was written."""
+
+    code = "payload_too_large"
+
+
+class RangeNotSatisfiable(InvalidInput):
+    """A byte range outside the resource."""
+
+    code = "range_not_satisfiable"
+
+
+class InsufficientStorage(StorageError):
+    """The storage backend is full (ENOSPC, EDQUOT); what was being written was not committed."""
+
+    code = "insufficient_storage"
+
+
+class TaskFailed(TinysubError):
+    """A chunk task raised an error that is not a TinysubError (a bug, a crashed worker).
+
+    Raised by `worker.executors`; defined here so that every process (the client rebuilding a
+    job's error included) knows the class without importing the workers.
+    """
+
+    code = "task_failed"
+
+
+def storage_error(message: str, exc: OSError) -> StorageError:
+    """The StorageError for a failed write: `InsufficientStorage` when the disk or quota is full,
+    so callers (and HTTP clients, as 507) can tell "free some space" from "the disk is broken"."""
+    cls = InsufficientStorage if getattr(exc, "errno", None) in _FULL else StorageError
+    return cls(f"{message}: {exc}")
+
+
 ERROR_TYPES: dict[str, type[TinysubError]] = {
     cls.code: cls
     for cls in (
@@ -85,5 +129,10 @@ ERROR_TYPES: dict[str, type[TinysubError]] = {
         StorageError,
         Unauthorized,
         Forbidden,
+        NotReady,
+        PayloadTooLarge,
+        RangeNotSatisfiable,
+        InsufficientStorage,
+        TaskFailed,
     )
 }

@@ -24,7 +24,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from storage.errors import NotFound, StorageError
+from storage.errors import NotFound, StorageError, storage_error
 
 
 @dataclass
@@ -78,20 +78,25 @@ class Location:
 
     def write_bytes_atomic(self, data: bytes, *parts: str) -> None:
         target = self.path(*parts)
+        tmp = f"{target}.tmp-{uuid.uuid4().hex}"
         try:
             if self.is_local:
                 os.makedirs(os.path.dirname(target), exist_ok=True)
-                tmp = f"{target}.tmp-{uuid.uuid4().hex}"
-                with open(tmp, "wb") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, target)
+                try:
+                    with open(tmp, "wb") as f:
+                        f.write(data)
+                        f.flush()
+                        os.fsync(f.fileno())
+                    os.replace(tmp, target)
+                except BaseException:
+                    with contextlib.suppress(OSError):  # a full disk must not keep the debris
+                        os.unlink(tmp)
+                    raise
                 _fsync_dir(os.path.dirname(target))
             else:
                 self.fs.pipe_file(target, data)
         except OSError as exc:
-            raise StorageError(f"could not write {target}: {exc}") from exc
+            raise storage_error(f"could not write {target}", exc) from exc
 
     def write_json_atomic(self, obj: Any, *parts: str) -> None:
         self.write_bytes_atomic(json.dumps(obj, indent=1, sort_keys=True).encode(), *parts)

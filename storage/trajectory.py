@@ -19,69 +19,27 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from storage.arrays import STORAGE_DTYPES, check_dtype, check_row, decode, digest, encode
-from storage.errors import Conflict, InvalidInput, NotFound, ReadOnly, StorageError
+from storage.arrays import STORAGE_DTYPES, check_dtype, decode, digest
+from storage.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    ReadOnly,
+    StorageError,
+    storage_error,
+)
 from storage.layout import Layout
 from storage.objects import Location, zarr_store
+from storage.rows import ROWS_DIR, RowInfo, encode_row, row_key
 
 FORMAT = "tinysub.trajectory/1"
 MANIFEST = "tinysub.json"
-ROWS_DIR = "_rows"
-DEFAULT_CHUNK_COLS = 1 << 20  # 4 MiB of float32 per chunk
+DEFAULT_CHUNK_COLS = 1 << 16  # 256 KiB of float32 per chunk: see docs/architecture.md
 DEFAULT_CAPACITY = 128
-
-
-@dataclass(frozen=True)
-class RowInfo:
-    index: int
-    step: int | None = None
-    epoch: float | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
-    sha256: dict[str, str] = field(default_factory=dict)
-    written_at: float = 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            "index": self.index,
-            "step": self.step,
-            "epoch": self.epoch,
-            "metrics": self.metrics,
-            "sha256": self.sha256,
-            "written_at": self.written_at,
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping) -> RowInfo:
-        return cls(
-            index=int(d["index"]),
-            step=d.get("step"),
-            epoch=d.get("epoch"),
-            metrics=dict(d.get("metrics") or {}),
-            sha256=dict(d.get("sha256") or {}),
-            written_at=float(d.get("written_at") or 0.0),
-        )
-
-
-def encode_row(
-    vectors: Mapping[str, Any], layout: Layout, dtype: str
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Validate one row and encode it for storage: (group -> stored array, group -> sha256).
-
-    This is every check a write makes (groups, sizes, finite values, dtype range), so an
-    ingester can validate a whole input with it before it writes anything.
-    """
-    rows = check_row(vectors, layout)
-    encoded = {g: encode(v, dtype) for g, v in rows.items()}
-    return encoded, {g: digest(e) for g, e in encoded.items()}
-
-
-def _row_key(index: int) -> str:
-    return f"{index:08d}.json"
 
 
 class TrajectoryStore:
@@ -125,6 +83,7 @@ class TrajectoryStore:
                     f"a trajectory store already exists at {loc.url}; "
                     "open it to append, or pass overwrite=True"
                 )
+            loc.delete(MANIFEST)  # first: a reader sees "no store", never a half-deleted one
             loc.delete(recursive=True)
         elif loc.exists() and loc.list():
             # A directory without a manifest is a half-created store or somebody's data:
@@ -132,19 +91,22 @@ class TrajectoryStore:
             if not overwrite and set(loc.list()) - {"zarr.json", ROWS_DIR, *layout.group_names}:
                 raise Conflict(f"{loc.url} exists and is not a tinysub store")
             loc.delete(recursive=True)
-        root = zarr.open_group(zarr_store(loc), mode="w")
-        for group in layout.groups:
-            root.create_array(
-                group.name,
-                shape=(capacity, group.size),
-                chunks=(1, min(chunk_cols, group.size)),
-                dtype=STORAGE_DTYPES[dtype],
-                fill_value=0,
-                compressors=[Crc32cCodec()],
-                serializer=BytesCodec(endian="little"),
-                filters=None,
-                attributes={"tinysub_dtype": dtype},
-            )
+        try:
+            root = zarr.open_group(zarr_store(loc), mode="w")
+            for group in layout.groups:
+                root.create_array(
+                    group.name,
+                    shape=(capacity, group.size),
+                    chunks=(1, min(chunk_cols, group.size)),
+                    dtype=STORAGE_DTYPES[dtype],
+                    fill_value=0,
+                    compressors=[Crc32cCodec()],
+                    serializer=BytesCodec(endian="little"),
+                    filters=None,
+                    attributes={"tinysub_dtype": dtype},
+                )
+        except OSError as exc:
+            raise storage_error(f"creating the trajectory store at {loc.url} failed", exc) from exc
         manifest = {
             "format": FORMAT,
             "model_name": model_name,
@@ -204,12 +166,34 @@ class TrajectoryStore:
     def rows(self) -> list[RowInfo]:
         return list(self._rows)
 
+    @property
+    def created_at(self) -> float | None:
+        """When the store was created: with the URL, the identity of this store (a store
+        deleted and created again at the same URL is another store)."""
+        return self.manifest.get("created_at")
+
     def refresh(self) -> None:
-        """Re-read the commit markers (another process may have appended rows)."""
+        """Re-read the commit markers (another process may have appended rows).
+
+        Raises NotFound if the store was deleted and Conflict if another store was created at
+        its URL since this handle was opened: a handle never silently switches stores.
+        """
+        if not self.loc.exists(MANIFEST):
+            raise NotFound(f"the trajectory store at {self.url} was deleted")
+        current = self.loc.read_json(MANIFEST)
+        if current.get("created_at") != self.created_at:
+            raise Conflict(
+                f"the trajectory store at {self.url} was replaced by another one since it "
+                "was opened; open it again"
+            )
+        # The arrays first: the writer may have grown them, and rows scanned below must never
+        # be read through an array opened before they existed.
+        self._reopen_arrays()
         self._rows = self._scan_rows()
-        # The writer may have grown the arrays since they were opened here.
+
+    def _reopen_arrays(self) -> None:
         self._root = None
-        self._arrays.clear()
+        self._arrays = {}
 
     def nbytes(self, group: str | None = None) -> int:
         """Bytes of committed rows, as float32, for one group or all."""
@@ -221,8 +205,8 @@ class TrajectoryStore:
         # interrupted write, and rows after a gap were never acknowledged to anyone.
         names = set(self.loc.list(ROWS_DIR))
         rows: list[RowInfo] = []
-        while _row_key(len(rows)) in names:
-            rows.append(RowInfo.from_dict(self.loc.read_json(ROWS_DIR, _row_key(len(rows)))))
+        while row_key(len(rows)) in names:
+            rows.append(RowInfo.from_dict(self.loc.read_json(ROWS_DIR, row_key(len(rows)))))
         return rows
 
     def _array(self, group: str):
@@ -230,13 +214,25 @@ class TrajectoryStore:
             import zarr
 
             self.layout.group(group)  # raises a clear error for unknown groups
-            if self._root is None:
-                self._root = zarr.open_group(
-                    zarr_store(self.loc, read_only=self.read_only),
-                    mode="r" if self.read_only else "r+",
-                )
-            self._arrays[group] = self._root[group]
+            try:
+                if self._root is None:
+                    self._root = zarr.open_group(
+                        zarr_store(self.loc, read_only=self.read_only),
+                        mode="r" if self.read_only else "r+",
+                    )
+                self._arrays[group] = self._root[group]
+            except (KeyError, FileNotFoundError) as exc:
+                raise NotFound(
+                    f"the trajectory store at {self.url} has no array {group!r}: "
+                    "it was deleted or is incomplete"
+                ) from exc
         return self._arrays[group]
+
+    def _check_still_there(self) -> None:
+        # zarr returns the fill value for chunks that are not there, so reads from a store
+        # deleted under an open handle would be zeros: a real error is better.
+        if not self.loc.exists(MANIFEST):
+            raise NotFound(f"the trajectory store at {self.url} was deleted while it was read")
 
     # ---------------------------------------------------------------------------- writing
     def append(
@@ -274,12 +270,12 @@ class TrajectoryStore:
             return index
         if index != self.num_rows:
             raise InvalidInput(f"row {index} cannot be written before row {self.num_rows}")
-        self._ensure_capacity(index + 1)
         try:
+            self._ensure_capacity(index + 1)
             for g, values in encoded.items():
                 self._array(g)[index, :] = values
         except OSError as exc:
-            raise StorageError(f"writing row {index} to {self.url} failed: {exc}") from exc
+            raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
         info = RowInfo(
             index=index,
             step=step,
@@ -288,7 +284,7 @@ class TrajectoryStore:
             sha256=sums,
             written_at=time.time(),
         )
-        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
+        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
         self._rows.append(info)
         return index
 
@@ -311,7 +307,7 @@ class TrajectoryStore:
             sha256=old.sha256,
             written_at=old.written_at,
         )
-        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, _row_key(index))
+        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
         self._rows[index] = info
         return info
 
@@ -343,17 +339,34 @@ class TrajectoryStore:
                 f"columns [{start}, {stop}) are outside group {group!r} of size {size}"
             )
         idx = self._check_rows(rows)
-        arr = self._array(group)
         try:
-            if idx.size and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)):
-                raw = arr[int(idx[0]) : int(idx[-1]) + 1, start:stop]
-            else:
-                raw = arr.get_orthogonal_selection((idx, slice(start, stop)))
+            try:
+                raw = self._read(group, idx, start, stop)
+            except IndexError:
+                # The rows are committed, so the array has grown since this handle opened it
+                # (another thread refreshed the rows): open it again and read once more.
+                self._reopen_arrays()
+                raw = self._read(group, idx, start, stop)
+        except NotFound:
+            raise
+        except (KeyError, FileNotFoundError) as exc:
+            raise NotFound(f"the trajectory store at {self.url} was deleted while read") from exc
         except (OSError, RuntimeError, ValueError) as exc:
             raise StorageError(
                 f"reading {group!r} rows from {self.url} failed (a chunk may be corrupt): {exc}"
             ) from exc
+        self._check_still_there()
         return decode(np.asarray(raw), self.dtype)
+
+    def _read(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+        arr = self._array(group)
+        if idx.size and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)):
+            raw = arr[int(idx[0]) : int(idx[-1]) + 1, start:stop]
+        else:
+            raw = arr.get_orthogonal_selection((idx, slice(start, stop)))
+        if raw.shape[0] != idx.size:  # a slice past a stale shape is clipped, not refused
+            raise IndexError(f"read {raw.shape[0]} rows of {idx.size} from {group!r}")
+        return raw
 
     def read_row(self, index: int, group: str) -> np.ndarray:
         return self.read_block(group, rows=[index])[0]

@@ -63,7 +63,7 @@ def compute(
     executor: Annotated[str, typer.Option(help="local | dask | ray")] = "local",
     address: Annotated[str | None, typer.Option(help="Dask scheduler or Ray address.")] = None,
     workers: Annotated[int | None, typer.Option(help="Workers for a local pool/cluster.")] = None,
-    block_cols: Annotated[int, typer.Option(help="Columns per task.")] = 1 << 18,
+    block_cols: Annotated[int, typer.Option(help="Columns per task.")] = 1 << 16,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda | numpy")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing basis.")] = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,

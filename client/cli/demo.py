@@ -18,11 +18,26 @@ def demo_cmd(
     epochs: Annotated[int, typer.Option(help="Fine-tuning epochs = trajectory rows.")] = 16,
     rank: Annotated[int, typer.Option(help="Basis dimension per layer.")] = 8,
     executor: Annotated[str, typer.Option(help="local | dask | ray")] = "local",
+    finetune: Annotated[bool, typer.Option(help="Stage 2: full vs intrinsic vs random.")] = True,
+    finetune_steps: Annotated[int, typer.Option(help="Training steps of each stage-2 run.")] = 100,
 ) -> None:
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
+    import transformers
+
     from client.demo import DemoConfig, run_demo
 
-    cfg = DemoConfig(workdir=workdir, epochs=epochs, rank=rank, executor=executor)
+    # The demo prints its own summary; model-loading reports (a fresh classifier head is
+    # expected here) would only bury it.
+    transformers.logging.set_verbosity_error()
+
+    cfg = DemoConfig(
+        workdir=workdir,
+        epochs=epochs,
+        rank=rank,
+        executor=executor,
+        finetune=finetune,
+        finetune_steps=finetune_steps,
+    )
     console.rule("tinysub demo: fine-tune -> trajectory store -> bases")
     with phase_progress() as cb:
         out = run_demo(cfg, progress=cb)
@@ -32,20 +47,46 @@ def demo_cmd(
         f"epochs, {len(traj['groups'])} layers, layout {traj['layout_hash'][:12]})"
     )
     console.print(f"fine-tuned dev accuracy: {out['eval'].get('eval_accuracy', float('nan')):.3f}")
+    console.print(f"registry: {out['registry']} (stopped); bases pulled into the verified cache:")
     for kind, info in out["bases"].items():
-        s = info["summary"]
-        table = Table(title=f"{kind} basis ({s['mode']}, {s['scope']}) at {s['url']}")
+        m = info["manifest"]
+        params = m.get("params", {})
+        table = Table(title=f"{kind} basis v{m['version']} (mode {params.get('mode', '-')})")
         table.add_column("layer")
         table.add_column("D x k")
         table.add_column("energy captured")
         table.add_column("spectrum (sigma_1 .. sigma_k)")
-        for layer in s["layers"]:
-            sv = layer["singular_values"]
+        table.add_column("sha256")
+        for layer in m["layers"]:
+            sv = layer.get("singular_values") or []
+            energy = layer.get("energy") or []
             table.add_row(
                 layer["name"],
                 f"{layer['shape'][0]:,} x {layer['shape'][1]}",
-                f"{layer['energy_captured']:.4f}",
-                " ".join(f"{x:.3g}" for x in sv[:6]) + (" ..." if len(sv) > 6 else ""),
+                f"{sum(energy):.4f}" if energy else "-",
+                " ".join(f"{x:.3g}" for x in sv[:4]) + (" ..." if len(sv) > 4 else ""),
+                layer["sha256"][:12],
             )
         console.print(table)
-        console.print("time: " + ", ".join(f"{k} {v:.2f}s" for k, v in info["seconds"].items()))
+        first = next(iter(info["files"].values()))
+        console.print(f"cached at {Path(first).parent}")
+    if "finetune" in out:
+        ft = out["finetune"]
+        table = Table(
+            title=f"subspace fine-tuning: {ft['model']} on {ft['task']} "
+            f"(basis from {ft['rows']} trajectory rows, dim {ft['rank']} per layer)"
+        )
+        for col in ("method", "trainable", "dev score", "seconds", "posted to registry"):
+            table.add_column(col)
+        for method, r in ft["runs"].items():
+            trainable = r.get("trainable") or {}
+            # theta vectors, then embeddings + head (which every method trains, as in the paper)
+            sub, other = trainable.get("subspace", 0), trainable.get("full_space", 0)
+            table.add_row(
+                method,
+                f"{sub:,} theta + {other:,}" if sub else f"{other:,}",
+                f"{r['metric']} {r['score']:.4f}",
+                f"{r['seconds']:.0f}",
+                str(r.get("posted") if r.get("posted") is not None else "-"),
+            )
+        console.print(table)

@@ -7,7 +7,18 @@ import sys
 import click
 import typer
 
-from client.cli import basis, demo, ingest, inspect, jobs, recompute, serve, task, token
+from client.cli import (
+    basis,
+    demo,
+    finetune,
+    ingest,
+    inspect,
+    jobs,
+    recompute,
+    serve,
+    task,
+    token,
+)
 from client.cli.common import err_console
 from storage.errors import TinysubError
 
@@ -27,6 +38,7 @@ app.command("ingest")(ingest.ingest_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("serve")(serve.serve_cmd)
 app.command("recompute")(recompute.recompute_cmd)
+finetune.register(app)
 
 
 def run(argv: list[str] | None = None) -> int:

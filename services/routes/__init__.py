@@ -6,9 +6,10 @@ from fastapi import APIRouter
 
 
 def api_router() -> APIRouter:
+    from services.errors import error_responses
     from services.routes import bases, health, jobs, recompute, runs, tasks, tokens, trajectories
 
-    router = APIRouter(prefix="/v1")
+    router = APIRouter(prefix="/v1", responses=error_responses())
     for module in (health, tokens, tasks, trajectories, bases, jobs, recompute, runs):
         router.include_router(module.router)
     return router

@@ -8,6 +8,10 @@ KILL is where to die, counted over the store's own writes:
   marker-tmp:R    with row R's marker written to its temporary file, before the rename
   marker:R        right after row R's marker is committed
   sleep:S         never by itself: sleep S seconds after every chunk, for the parent to kill
+  event:N         at the N-th write event of any kind: after a chunk or metadata object reached
+                  the store, or just before or just after a row marker's rename (the points
+                  between which a crash can fall)
+  count           run to completion and print `events N`, the number of such events
   none            run to completion
 The hooks only observe the real LocalStore and os.replace calls and decide when to die.
 """
@@ -26,15 +30,21 @@ def main(store: str, arrays: str, kill: str) -> None:
     from storage.ingest import ingest_arrays
 
     kind, _, arg = kill.partition(":")
-    counts = {"chunk": 0, "meta": 0}
+    counts = {"chunk": 0, "meta": 0, "event": 0}
 
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
+
+    def event() -> None:
+        counts["event"] += 1
+        if kind == "event" and counts["event"] == int(arg):
+            die()
 
     real_set = LocalStore.set
 
     async def set_then_maybe_die(self, key, value):
         await real_set(self, key, value)
+        event()
         if kind == "sleep":
             time.sleep(float(arg))
         elif kind == "chunk":
@@ -52,10 +62,15 @@ def main(store: str, arrays: str, kill: str) -> None:
 
     def replace_maybe_die(src, dst, *a, **kw):
         # zarr's own atomic chunk writes rename too: only row markers matter here.
+        any_marker = "/_rows/" in str(dst)
         marker = kind.startswith("marker") and str(dst).endswith(f"_rows/{int(arg):08d}.json")
+        if any_marker:
+            event()
         if kind == "marker-tmp" and marker:
             die()
         real_replace(src, dst, *a, **kw)
+        if any_marker:
+            event()
         if kind == "marker" and marker:
             die()
 
@@ -63,6 +78,8 @@ def main(store: str, arrays: str, kill: str) -> None:
     os.replace = replace_maybe_die
     print("ready", flush=True)
     ingest_arrays(store, arrays)
+    if kind == "count":
+        print(f"events {counts['event']}", flush=True)
 
 
 if __name__ == "__main__":

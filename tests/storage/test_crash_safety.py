@@ -14,75 +14,29 @@ import json
 import random
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
 import pytest
 
-from storage.errors import NotFound
-from storage.ingest import flat_layout, ingest_arrays
-from storage.trajectory import TrajectoryStore
-
-ROOT = Path(__file__).resolve().parents[2]
-T, SIZES, CHUNK = 6, {"layer.0": 1230, "layer.1": 420}, 256  # 5 + 2 chunks per row
+from tests.storage.crash_harness import (
+    SIZES,
+    T,
+    check_after_crash,
+    empty_store,
+    reference_store,
+    spawn,
+    write_source,
+)
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     folder = tmp_path_factory.mktemp("arrays")
-    rng = np.random.default_rng(0)
-    arrays = {g: rng.standard_normal((T, d)).astype(np.float32) for g, d in SIZES.items()}
-    for g, a in arrays.items():
-        np.save(folder / f"{g}.npy", a)
-    return folder, arrays
+    return folder, write_source(folder)
 
 
 @pytest.fixture(scope="module")
 def reference(source, tmp_path_factory):
-    url = tmp_path_factory.mktemp("ref") / "traj"
-    TrajectoryStore.create(url, flat_layout(SIZES), chunk_cols=CHUNK, capacity=2)
-    ingest_arrays(url, source[0])
-    return TrajectoryStore.open(url)
-
-
-def spawn(url: Path, folder: Path, kill: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "tests.storage.crash_writer", str(url), str(folder), kill],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def empty_store(tmp_path: Path) -> Path:
-    # Capacity 2: row 2 makes the arrays grow, so growth is interrupted too.
-    url = tmp_path / "traj"
-    TrajectoryStore.create(url, flat_layout(SIZES), chunk_cols=CHUNK, capacity=2)
-    return url
-
-
-def check_after_crash(url: Path, arrays: dict, reference: TrajectoryStore) -> int:
-    store = TrajectoryStore.open(url)  # re-opens
-    n = store.num_rows
-    for info in store.rows:
-        for g, a in arrays.items():
-            got = store.read_row(info.index, g)
-            assert got.tobytes() == a[info.index].tobytes()
-            assert info.sha256[g] == reference.rows[info.index].sha256[g]
-    assert store.verify() == []
-    with pytest.raises(NotFound):  # the interrupted row is not visible
-        store.read_block("layer.0", rows=[n])
-    # Resuming finishes the job and gives the uninterrupted store, byte for byte.
-    report = ingest_arrays(url, arrays)
-    assert report.verified == n and report.written == T - n
-    resumed = TrajectoryStore.open(url)
-    assert [r.sha256 for r in resumed.rows] == [r.sha256 for r in reference.rows]
-    for g in SIZES:
-        assert resumed.read_block(g).tobytes() == reference.read_block(g).tobytes()
-    assert resumed.verify() == []
-    return n
+    return reference_store(source[0], tmp_path_factory.mktemp("ref"))
 
 
 @pytest.mark.parametrize(

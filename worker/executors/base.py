@@ -12,7 +12,10 @@ bit-identical whichever executor computed it.
 A task that fails raises on the caller's side: a `TinysubError` raised by the task (a corrupt
 chunk, a missing row) comes back as itself, so callers and the CLI handle it as if it had been
 raised locally; anything else comes back as `TaskFailed`, naming the function and the item.
-Either way the tasks still pending are cancelled.
+Either way the tasks still pending are cancelled, and the call raises only once none of its
+tasks is still running (waiting up to DRAIN_SECONDS): a task that was running when another one
+failed would otherwise go on writing its block after the caller cleaned up what the failed
+computation had written.
 """
 
 from __future__ import annotations
@@ -23,15 +26,10 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
-from storage.errors import TinysubError
+from storage.errors import TaskFailed, TinysubError
 
 ProgressFn = Callable[[int], None]
-
-
-class TaskFailed(TinysubError):
-    """A chunk task raised an error that is not a TinysubError (a bug, a crashed worker)."""
-
-    code = "task_failed"
+DRAIN_SECONDS = 120.0  # longest wait for running tasks to end after a failure
 
 
 class Executor(ABC):

@@ -8,17 +8,33 @@ one (see worker.svd.backend.resolve_device); nothing needs asking for.
 
 from __future__ import annotations
 
+import logging
 import operator
+import time
 from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 from worker.executors.base import (
+    DRAIN_SECONDS,
     Executor,
     ProgressFn,
     group_indices,
     task_error,
     tree_reduce,
 )
+
+log = logging.getLogger(__name__)
+
+
+# Worker-side task states that may still run a task (a cancelled task that was executing is
+# "cancelled" until it ends: a worker cannot stop a running task, it only drops its result).
+_MAY_RUN = {"waiting", "ready", "constrained", "executing", "long-running", "cancelled", "resumed"}
+
+
+def _live_keys(dask_worker) -> list[str]:
+    """Run on each worker: the keys of its tasks that are running or may still start (the
+    scheduler's release reaches workers after the cancel call has returned)."""
+    return [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state in _MAY_RUN]
 
 
 class DaskExecutor(Executor):
@@ -78,7 +94,22 @@ class DaskExecutor(Executor):
                     progress(1)
         except BaseException:
             self.client.cancel(futures + also)
+            self._drain(futures + also)
             raise
+
+    def _drain(self, futures: list[Any]) -> None:
+        """Wait until no worker runs, or may still start, one of `futures` (best effort)."""
+        keys = {str(f.key) for f in futures}
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                running = self.client.run(_live_keys, on_error="ignore")
+            except Exception:  # noqa: BLE001 - the cluster may be gone: nothing to wait for
+                return
+            if not keys.intersection(k for ks in running.values() for k in ks or ()):
+                return
+            time.sleep(0.02)
+        log.warning("tasks of a failed computation were still running after %s s", DRAIN_SECONDS)
 
     def map(
         self, fn: Callable[[Any], Any], items: Sequence[Any], progress: ProgressFn | None = None
@@ -117,6 +148,7 @@ class DaskExecutor(Executor):
             values = self.client.gather(list(roots.values()))
         except Exception as exc:  # a combine failed: the leaves all succeeded
             self.client.cancel(combines)
+            self._drain(combines)
             raise task_error(exc, combine, "a partial sum", self.name)  # noqa: B904 - chained inside
         return dict(zip(roots, values, strict=True))
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
 from storage.errors import InvalidInput
-from worker.executors.base import Executor, ProgressFn, task_error
+from worker.executors.base import DRAIN_SECONDS, Executor, ProgressFn, task_error
 from worker.executors.memory import release_large_buffers
 
 
@@ -48,6 +48,8 @@ class LocalExecutor(Executor):
         except BaseException:
             for fut in futures:
                 fut.cancel()
+            # Threads cannot be stopped: let the running tasks end before the caller cleans up.
+            wait(futures, timeout=DRAIN_SECONDS)
             raise
         return [fut.result() for fut in futures]
 

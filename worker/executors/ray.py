@@ -23,6 +23,7 @@ from typing import Any
 
 from storage.errors import InvalidInput
 from worker.executors.base import (
+    DRAIN_SECONDS,
     Executor,
     ProgressFn,
     group_indices,
@@ -158,6 +159,9 @@ class RayExecutor(Executor):
             # A task that already finished or is gone has nothing left to stop.
             with contextlib.suppress(Exception):
                 self._ray.cancel(ref)
+        # A cancelled ref is ready once its task has stopped: wait for that (best effort).
+        with contextlib.suppress(Exception):
+            self._ray.wait(refs, num_returns=len(refs), timeout=DRAIN_SECONDS, fetch_local=False)
 
     def _cause(self, exc: BaseException) -> BaseException:
         """The task's own exception inside Ray's wrapper, when Ray could rebuild it."""

@@ -59,7 +59,7 @@ __all__ = [
 SCOPES = ("layer", "global")
 METHODS = ("gram", "randomized")
 GLOBAL_KEY = "global"  # the reduction key of a global basis: every layer's blocks sum into it
-DEFAULT_BLOCK_COLS = 1 << 18
+DEFAULT_BLOCK_COLS = 1 << 16
 
 
 @dataclass
@@ -179,76 +179,90 @@ def compute_bases(
             ]
             timings["randomized"] = time.perf_counter() - t0
 
-        writers = []
-        for req, per_group in zip(requests, solves, strict=True):
-            shapes = {g: (layout.group(g).size, per_group[g].rank) for g in group_names}
-            writers.append(
-                BasisWriter.create(
-                    req.out_url,
-                    shapes,
-                    chunk_rows=store0.chunk_cols,
-                    storage_options=req.storage_options,
-                    overwrite=overwrite,
-                )
-            )
-
-        t0 = time.perf_counter()
-        tasks = []
-        for blk in blocks:
-            ms, outs, col = [], [], 0
-            for req, per_group, w in zip(requests, solves, writers, strict=True):
-                sol = per_group[blk.group]
-                ms.append(sol.m)
-                outs.append(
-                    Output(
-                        w.url, col, sol.rank, json.dumps(req.storage_options or {}, sort_keys=True)
+        writers: list[BasisWriter] = []
+        try:
+            for req, per_group in zip(requests, solves, strict=True):
+                shapes = {g: (layout.group(g).size, per_group[g].rank) for g in group_names}
+                writers.append(
+                    BasisWriter.create(
+                        req.out_url,
+                        shapes,
+                        chunk_rows=store0.chunk_cols,
+                        storage_options=req.storage_options,
+                        overwrite=overwrite,
                     )
                 )
-                col += sol.rank
-            tasks.append(ProjectTask(blk, np.concatenate(ms, axis=1), tuple(outs)))
-        executor.map(project_block, tasks, progress=tick("project", len(tasks)))
-        timings["project"] = time.perf_counter() - t0
 
-        t0 = time.perf_counter()
-        hash_tasks = [
-            HashTask(
-                w.url, g, store0.chunk_cols, json.dumps(req.storage_options or {}, sort_keys=True)
-            )
-            for req, w in zip(requests, writers, strict=True)
-            for g in group_names
-        ]
-        shas = executor.map(hash_layer, hash_tasks, progress=tick("hash", len(hash_tasks)))
-        sha_of = {(h.url, h.group): s for h, s in zip(hash_tasks, shas, strict=True)}
-        timings["hash"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            tasks = []
+            for blk in blocks:
+                ms, outs, col = [], [], 0
+                for req, per_group, w in zip(requests, solves, writers, strict=True):
+                    sol = per_group[blk.group]
+                    ms.append(sol.m)
+                    outs.append(
+                        Output(
+                            w.url,
+                            col,
+                            sol.rank,
+                            json.dumps(req.storage_options or {}, sort_keys=True),
+                        )
+                    )
+                    col += sol.rank
+                tasks.append(ProjectTask(blk, np.concatenate(ms, axis=1), tuple(outs)))
+            executor.map(project_block, tasks, progress=tick("project", len(tasks)))
+            timings["project"] = time.perf_counter() - t0
 
-        bases = []
-        for req, per_group, w in zip(requests, solves, writers, strict=True):
-            layers = {
-                g: {
-                    "singular_values": per_group[g].singular_values.tolist(),
-                    "energy": per_group[g].energy.tolist(),
-                    "total_energy": per_group[g].total_energy,
-                    "sha256": sha_of[(w.url, g)],
-                }
+            t0 = time.perf_counter()
+            hash_tasks = [
+                HashTask(
+                    w.url,
+                    g,
+                    store0.chunk_cols,
+                    json.dumps(req.storage_options or {}, sort_keys=True),
+                )
+                for req, w in zip(requests, writers, strict=True)
                 for g in group_names
-            }
-            meta = {
-                "kind": req.kind,
-                "mode": mode,
-                "scope": scope,
-                "requested_rank": req.k,
-                "rcond": rcond,
-                "method": method,
-                "method_params": params.to_dict() if params else {},
-                "layout": layout.to_dict(),
-                "model_name": store0.model_name,
-                "revision": store0.revision,
-                "sources": [_source_meta(s) for s in sources],
-                "members": list(req.members) if req.members is not None else None,
-                "inputs_digest": inputs_digest(sources, req.members, mode, scope),
-                **req.meta,
-            }
-            bases.append(w.commit(layers, meta))
+            ]
+            shas = executor.map(hash_layer, hash_tasks, progress=tick("hash", len(hash_tasks)))
+            sha_of = {(h.url, h.group): s for h, s in zip(hash_tasks, shas, strict=True)}
+            timings["hash"] = time.perf_counter() - t0
+
+            bases = []
+            for req, per_group, w in zip(requests, solves, writers, strict=True):
+                layers = {
+                    g: {
+                        "singular_values": per_group[g].singular_values.tolist(),
+                        "energy": per_group[g].energy.tolist(),
+                        "total_energy": per_group[g].total_energy,
+                        "sha256": sha_of[(w.url, g)],
+                    }
+                    for g in group_names
+                }
+                meta = {
+                    "kind": req.kind,
+                    "mode": mode,
+                    "scope": scope,
+                    "requested_rank": req.k,
+                    "rcond": rcond,
+                    "method": method,
+                    "method_params": params.to_dict() if params else {},
+                    "layout": layout.to_dict(),
+                    "model_name": store0.model_name,
+                    "revision": store0.revision,
+                    "sources": [_source_meta(s) for s in sources],
+                    "members": list(req.members) if req.members is not None else None,
+                    "inputs_digest": inputs_digest(sources, req.members, mode, scope),
+                    **req.meta,
+                }
+                bases.append(w.commit(layers, meta))
+        except BaseException:
+            # No manifest was written for these (commit is last), so nothing would ever serve
+            # them; remove the arrays so nothing half-written lingers (best effort: the storage
+            # that just failed may fail again).
+            for w in writers:
+                w.discard()
+            raise
         # Rows read per pass: the selected rows plus theta0 where it is subtracted.
         rows_read = sum(len(set(s.rows) | ({s.ref_row} - {None})) for s in sources)
         passes = 2 if params is None else params.power_iters + 3

@@ -87,6 +87,7 @@ def make_sources(
                 ref_row=ref_row,
                 label=labels[i] if labels else store.url,
                 storage_options_json=json.dumps(store.loc.storage_options, sort_keys=True),
+                created_at=store.created_at,
             )
         )
     return out

@@ -13,7 +13,7 @@ from functools import lru_cache
 import numpy as np
 
 from storage.basis import _open_array, layer_sha256
-from storage.errors import InvalidInput
+from storage.errors import Conflict, InvalidInput, storage_error
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
 from worker.svd.backend import Products, Refs
@@ -28,6 +28,9 @@ class SourceRows:
     ref_row: int | None = None  # theta0's row, subtracted in delta/centered modes
     label: str = ""
     storage_options_json: str = "{}"
+    # The store's creation time when the computation was planned: with the URL, the identity of
+    # the store, so a worker never reads a store re-created at the same URL through an old handle.
+    created_at: float | None = None
 
     @property
     def storage_options(self) -> dict:
@@ -76,11 +79,26 @@ class HashTask:
 
 
 @lru_cache(maxsize=64)
-def _open_store(url: str, options_json: str) -> TrajectoryStore:
+def _cached_store(url: str, options_json: str, created_at: float | None) -> TrajectoryStore:
     # Workers see the same block of a store many times; re-reading the manifest and commit
-    # markers per task would dominate small blocks. Rows used by a job are committed before the
-    # job starts, so a cached handle sees all of them.
+    # markers per task would dominate small blocks. The key holds the store's creation time, so
+    # a store deleted and created again at the same URL is opened afresh, never read through
+    # the old handle (whose rows and chunk grid are another store's).
     return TrajectoryStore.open(url, storage_options=json.loads(options_json))
+
+
+def open_source(src: SourceRows) -> TrajectoryStore:
+    """The store of a source, cached per worker, holding every row the source needs."""
+    store = _cached_store(src.url, src.storage_options_json, src.created_at)
+    if src.created_at is not None and store.created_at != src.created_at:
+        _cached_store.cache_clear()  # the handle is of another store: drop it
+        raise Conflict(
+            f"the trajectory store at {src.url} was replaced since this computation was "
+            "planned; order it again"
+        )
+    if store.num_rows <= max(src.rows + ((src.ref_row,) if src.ref_row is not None else ())):
+        store.refresh()  # rows appended (and arrays grown) since it was cached
+    return store
 
 
 def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
@@ -88,9 +106,7 @@ def read_block(task: BlockTask) -> tuple[np.ndarray, Refs, np.ndarray | None]:
     the shift row to append after them (raw mode, else None): together the rows of Z."""
     parts, refs, n, shift = [], [], 0, None
     for src in task.sources:
-        store = _open_store(src.url, src.storage_options_json)
-        if store.num_rows <= max(src.rows + ((src.ref_row,) if src.ref_row is not None else ())):
-            store.refresh()
+        store = open_source(src)
         wanted = list(src.rows)
         if src.ref_row is not None and src.ref_row not in wanted:
             wanted.append(src.ref_row)
@@ -132,8 +148,11 @@ def project_block(task: ProjectTask) -> int:
     written = 0
     for out in task.outputs:
         loc = Location.from_url(out.url, json.loads(out.storage_options_json))
-        arr = _open_array(loc, task.block.group, read_only=False)
-        arr[task.block.start : task.block.stop, :] = v[:, out.col0 : out.col0 + out.rank]
+        try:
+            arr = _open_array(loc, task.block.group, read_only=False)
+            arr[task.block.start : task.block.stop, :] = v[:, out.col0 : out.col0 + out.rank]
+        except OSError as exc:  # a full disk is the caller's to fix, not a worker crash
+            raise storage_error(f"writing V rows to {out.url} failed", exc) from exc
         written += 4 * v.shape[0] * out.rank
     return written
 

@@ -7,8 +7,10 @@ proves that the workers can import this repository's packages.
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,6 +45,16 @@ def _fail_on_three(i: int) -> int:
 def _storage_error_on_two(i: int) -> int:
     if i == 2:
         raise StorageError("chunk 2 is corrupt")
+    return i
+
+
+def _fail_first_mark_the_others(item: tuple[int, str]) -> int:
+    i, folder = item
+    if i == 0:
+        time.sleep(0.05)
+        raise ZeroDivisionError("the first task fails")
+    time.sleep(0.5)  # still running when the first one fails
+    Path(folder, str(i)).write_text("written")
     return i
 
 
@@ -157,3 +169,14 @@ def test_ray_tasks_ask_for_no_gpu_on_a_cluster_without_one(ray_executor):
         pytest.skip("this Ray has GPUs")
     assert ray_executor.gpus_per_task == 0
     assert ray_executor.map(_singleton, [1]) == [[1]]
+
+
+def test_a_failure_is_raised_only_once_running_tasks_ended(executor, tmp_path):
+    """Callers clean up after a failed computation as soon as it raises: a task still running
+    then must not write afterwards (it would leave half a basis behind the clean-up)."""
+    items = [(i, str(tmp_path)) for i in range(2)]  # two workers: task 1 runs as task 0 fails
+    with pytest.raises(TaskFailed):
+        executor.map(_fail_first_mark_the_others, items)
+    written = sorted(os.listdir(tmp_path))
+    time.sleep(0.8)
+    assert sorted(os.listdir(tmp_path)) == written

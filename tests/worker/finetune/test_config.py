@@ -1,0 +1,40 @@
+import pytest
+
+from storage.errors import InvalidInput
+from worker.finetune.config import SubspaceConfig
+from worker.finetune.train import TrainConfig
+
+
+def test_defaults_follow_the_paper():
+    cfg = SubspaceConfig()
+    assert (cfg.ensemble, cfg.theta_lr, cfg.init) == (16, 0.01, "random")
+    assert cfg.train_parts == ("embeddings", "head") and cfg.scope == "layer"
+    assert SubspaceConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"ensemble": 0},
+        {"theta_lr": 0},
+        {"init": "ones"},
+        {"init_std": 0.0},
+        {"train_parts": ("embeddings", "decoder")},
+        {"basis_dtype": "bfloat16"},
+        {"scope": "model"},
+        {"dim": 0},
+        {"fastfood_block": 12},
+        {"block_rows": 0},
+    ],
+)
+def test_bad_settings_are_refused(bad):
+    with pytest.raises(InvalidInput):
+        SubspaceConfig(**bad)
+
+
+def test_unknown_saved_settings_and_bad_training_settings_are_refused():
+    with pytest.raises(InvalidInput, match="unknown"):
+        SubspaceConfig.from_dict({"rank": 3})
+    for bad in ({"lr": 0}, {"max_steps": 0}, {"warmup_ratio": 1.0}, {"device": "tpu"}):
+        with pytest.raises(InvalidInput):
+            TrainConfig(**bad)

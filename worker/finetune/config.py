@@ -1,0 +1,126 @@
+"""Settings of subspace fine-tuning: one dataclass that checks itself on construction.
+
+Defaults follow Zhang, Liu and Shao (2023), appendix A.1: an ensemble of h = 16 vectors per
+layer, learning rate 0.01 for theta, embeddings and the classification head trained at the base
+learning rate, everything else frozen.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from storage.errors import InvalidInput
+
+INITS = ("random", "zeros")
+BASIS_DTYPES = ("float32", "float16")
+SCOPES = ("layer", "global")
+# Parts of the model that can train in the full space beside theta:
+# embeddings (`*.embeddings.*`), head (pooler and classifier: outside the encoder),
+# layernorm (the LayerNorm weights inside encoder layers, trained directly on top of V theta),
+# encoder_other (encoder parameters outside every layer, e.g. MPNet's relative_attention_bias).
+PARTS = ("embeddings", "head", "layernorm", "encoder_other")
+
+
+@dataclass(frozen=True)
+class SubspaceConfig:
+    """How the encoder is re-parameterized: theta_l = theta0_l + V_l (1/h) sum_i theta_t^(i).
+
+    Parameters
+    ----------
+    ensemble:
+        h, the number of theta vectors averaged per layer (the paper's Eq. 4 uses 16).
+    theta_lr:
+        Learning rate of the theta vectors (0.01 in the paper).
+    init:
+        ``random``: each of the h vectors is drawn from N(0, init_std^2), as in the paper, which
+        averages differently initialized vectors to cut the variance. ``zeros``: theta starts at
+        0, so the wrapped model starts exactly at the pre-trained weights (Aghajanyan et al.).
+        Note: the loss depends on the h vectors only through their mean, so every member gets
+        the same gradient (1/h of the mean's). With Adam and no weight decay on theta they also
+        get the same update, so the ensemble trains exactly like one vector started at the mean
+        of the h draws: its effect is an initial spread of init_std / sqrt(h) (a test checks it).
+    init_std:
+        Standard deviation of the random initialization (the paper does not state it).
+    train_parts:
+        Which parts train in the full space beside theta (see ``PARTS``).
+    basis_dtype:
+        Storage dtype of V in memory. float16 halves the memory; products run in float32.
+    scope:
+        ``layer``: one theta per encoder layer (the paper). ``global``: one theta shared by all
+        layers, V_l being the layer's slice of a whole-encoder basis.
+    dim:
+        Subspace dimension k. For a stored basis, keep its first ``dim`` columns (they are sorted
+        by singular value); None keeps them all. Required for generated bases (random, fastfood).
+    said:
+        Aghajanyan et al.'s structure-aware variant (SAID): a learned scale lambda_l per layer
+        (initialized to 1) multiplying that layer's projection. Made for fastfood with a global
+        theta; accepted by every subspace method.
+    basis_seed:
+        Seed of generated bases (random orthonormal, Fastfood) and of the theta initialization.
+    block_rows:
+        Rows of V upcast at a time when V is float16 (bounds the float32 scratch memory).
+    fastfood_block:
+        Largest Fastfood block (a power of two); None = one block of the next power of two >= D.
+    rule:
+        Grouping rule of the layout (``auto`` detects bert/roberta/mpnet ``encoder.layer.N.``).
+    """
+
+    ensemble: int = 16
+    theta_lr: float = 0.01
+    init: str = "random"
+    init_std: float = 0.01
+    train_parts: tuple[str, ...] = ("embeddings", "head")
+    basis_dtype: str = "float32"
+    scope: str = "layer"
+    dim: int | None = None
+    said: bool = False
+    basis_seed: int = 0
+    block_rows: int = 1 << 16
+    fastfood_block: int | None = None
+    rule: str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train_parts, str | list):
+            parts = (self.train_parts,) if isinstance(self.train_parts, str) else self.train_parts
+            object.__setattr__(self, "train_parts", tuple(parts))
+        if not isinstance(self.ensemble, int) or self.ensemble < 1:
+            raise InvalidInput(f"ensemble size h must be a positive integer, got {self.ensemble}")
+        if not self.theta_lr > 0:
+            raise InvalidInput(f"theta learning rate must be positive, got {self.theta_lr}")
+        if self.init not in INITS:
+            raise InvalidInput(f"init {self.init!r} is not one of {list(INITS)}")
+        if self.init == "random" and not self.init_std > 0:
+            raise InvalidInput(f"init_std must be positive for random init, got {self.init_std}")
+        bad = [p for p in self.train_parts if p not in PARTS]
+        if bad:
+            raise InvalidInput(f"unknown parts {bad}; trainable parts are {list(PARTS)}")
+        if self.basis_dtype not in BASIS_DTYPES:
+            raise InvalidInput(
+                f"basis dtype {self.basis_dtype!r} is not one of {list(BASIS_DTYPES)}"
+            )
+        if self.scope not in SCOPES:
+            raise InvalidInput(f"scope {self.scope!r} is not one of {list(SCOPES)}")
+        if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
+            raise InvalidInput(f"subspace dimension must be a positive integer, got {self.dim}")
+        if self.block_rows < 1:
+            raise InvalidInput(f"block_rows must be positive, got {self.block_rows}")
+        fb = self.fastfood_block
+        if fb is not None and (fb < 2 or fb & (fb - 1)):
+            raise InvalidInput(f"fastfood_block must be a power of two >= 2, got {fb}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train_parts"] = list(self.train_parts)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SubspaceConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInput(f"unknown subspace settings {unknown}")
+        d = dict(data)
+        if "train_parts" in d:
+            d["train_parts"] = tuple(d["train_parts"])
+        return cls(**d)

@@ -1,0 +1,134 @@
+"""Dense projections theta (k,) -> V theta (D,), and seeded random orthonormal bases.
+
+V is a frozen buffer. In float32 the product is a plain `V @ theta`; autograd keeps a reference
+to V (no copy) for the backward product V^T g. In float16 the product upcasts V a block of rows
+at a time inside a custom autograd function, so neither pass ever holds a float32 copy of V:
+scratch memory is O(block_rows * k) instead of O(D * k).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from storage.errors import InvalidInput
+
+
+class _BlockedHalfMatVec(torch.autograd.Function):
+    """out = V.float() @ theta with V (D, k) in float16, computed block by block of rows."""
+
+    @staticmethod
+    def forward(ctx, basis: torch.Tensor, theta: torch.Tensor, block_rows: int) -> torch.Tensor:
+        rows = basis.shape[0]
+        out = torch.empty(rows, dtype=theta.dtype, device=theta.device)
+        for a in range(0, rows, block_rows):
+            out[a : a + block_rows] = basis[a : a + block_rows].to(theta.dtype) @ theta
+        ctx.save_for_backward(basis)
+        ctx.block_rows = block_rows
+        ctx.theta_dtype = theta.dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (basis,) = ctx.saved_tensors
+        grad = torch.zeros(basis.shape[1], dtype=ctx.theta_dtype, device=grad_out.device)
+        for a in range(0, basis.shape[0], ctx.block_rows):
+            grad += (
+                basis[a : a + ctx.block_rows].to(ctx.theta_dtype).T
+                @ grad_out[a : a + ctx.block_rows]
+            )
+        return None, grad, None
+
+
+class DenseProjection(nn.Module):
+    """theta (k,) -> V theta (D,) with a frozen basis V (D, k) kept in float32 or float16."""
+
+    def __init__(
+        self, basis: np.ndarray | torch.Tensor, *, dtype: str = "float32", block_rows=1 << 16
+    ):
+        super().__init__()
+        v = torch.as_tensor(basis)
+        if v.ndim != 2:
+            raise InvalidInput(f"a basis must be 2-D (D, k), got shape {tuple(v.shape)}")
+        if not torch.isfinite(v).all():
+            raise InvalidInput("the basis holds NaN or Inf values")
+        torch_dtype = {"float32": torch.float32, "float16": torch.float16}[dtype]
+        if dtype == "float16" and v.abs().max() > torch.finfo(torch.float16).max:
+            raise InvalidInput("the basis has entries beyond the float16 range; use float32")
+        # Not persistent: a saved subspace run refers to V by sha256 instead of copying it.
+        self.register_buffer("subspace_basis", v.to(torch_dtype).contiguous(), persistent=False)
+        self.block_rows = int(block_rows)
+
+    @property
+    def in_features(self) -> int:
+        return self.subspace_basis.shape[1]
+
+    @property
+    def out_features(self) -> int:
+        return self.subspace_basis.shape[0]
+
+    def forward(self, theta: torch.Tensor) -> torch.Tensor:
+        v = self.subspace_basis
+        if v.dtype == torch.float32:
+            return v @ theta
+        return _BlockedHalfMatVec.apply(v, theta.float(), self.block_rows)
+
+    def dense(self) -> torch.Tensor:
+        """V as a float32 (D, k) tensor."""
+        return self.subspace_basis.float()
+
+
+def _layer_generator(seed: int, index: int) -> torch.Generator:
+    # Independent streams per layer, stable under adding layers: SeedSequence(seed, index).
+    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def random_orthonormal_bases(
+    rows: dict[str, int], k: int, *, seed: int, scope: str = "layer"
+) -> dict[str, torch.Tensor]:
+    """Seeded random orthonormal bases of the given shapes: (D_l, k) float32 per layer.
+
+    Each layer draws a Gaussian G_l (D_l, k) from its own seeded stream and is orthonormalized
+    by Cholesky QR in float64: R = chol(G^T G), V = G R^-1 (R with a positive diagonal, so the
+    result is unique). With scope='global' the Gram is summed over layers, so the stacked
+    [V_0; V_1; ...] is one orthonormal basis of the whole encoder and each V_l is its slice.
+    A Gaussian D x k with D >> k is very well conditioned, so Cholesky QR is exact to rounding.
+    Memory: one layer's G (float64) at a time plus the float32 outputs.
+    """
+    if k < 1:
+        raise InvalidInput(f"a random basis needs k >= 1, got {k}")
+    too_small = {n: d for n, d in rows.items() if d < k}
+    if scope == "layer" and too_small:
+        raise InvalidInput(f"layers {too_small} have fewer rows than k={k}")
+    if scope == "global" and sum(rows.values()) < k:
+        raise InvalidInput(f"the encoder has {sum(rows.values())} parameters, fewer than k={k}")
+
+    def draw(i: int, d: int) -> torch.Tensor:
+        return torch.randn(d, k, generator=_layer_generator(seed, i), dtype=torch.float64)
+
+    total = None
+    if scope == "global":
+        # Pass 1: the Gram of the stacked Gaussian; pass 2 redraws each G_l from its seed
+        # instead of holding all of them.
+        total = torch.zeros(k, k, dtype=torch.float64)
+        for i, d in enumerate(rows.values()):
+            g = draw(i, d)
+            total += g.T @ g
+    out = {}
+    for i, (name, d) in enumerate(rows.items()):
+        g = draw(i, d)  # (D_l, k)
+        gram = total if total is not None else g.T @ g
+        r = torch.linalg.cholesky(gram, upper=True)  # (k, k), G^T G = R^T R
+        # V = G R^-1, solved as V R = G.
+        out[name] = torch.linalg.solve_triangular(r, g, upper=True, left=False).float()
+    return out
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    """sha256 of a tensor's C-order float32 bytes (the same digest the basis store records)."""
+    a = np.ascontiguousarray(t.detach().cpu().float().numpy(), dtype="<f4")
+    return hashlib.sha256(memoryview(a).cast("B")).hexdigest()

@@ -1,0 +1,286 @@
+"""A plain torch training loop shared by every method, so their numbers compare.
+
+AdamW with a linear decay (the defaults of the Transformers example script the paper used:
+lr 5e-5, no warmup, no weight decay, gradient clipping at 1.0), two parameter groups: the
+subspace vectors (names containing ``subspace_``) at ``theta_lr`` (0.01 in the paper) and
+everything else that trains (embeddings, head, or all parameters for ``full``) at ``lr``.
+Seeds fix dropout, the data order and any freshly initialized head.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from storage.errors import InvalidInput
+from worker.finetune.data import Examples, Task
+from worker.finetune.metrics import evaluate_predictions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = 5e-5
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None  # overrides epochs when set
+    max_length: int = 64
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    eval_batch_size: int = 64
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self) -> None:
+        if not self.lr > 0 or self.batch_size < 1 or self.epochs < 1 or self.max_length < 2:
+            raise InvalidInput(
+                "lr must be positive, batch_size and epochs at least 1, max_length at least 2"
+            )
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InvalidInput(f"max_steps must be at least 1, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise InvalidInput(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise InvalidInput(f"device {self.device!r} is not auto, cpu or cuda[:N]")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    seconds: float
+    losses: list[float]
+    metrics: dict[str, float]
+    eval_seconds: float
+    trainable: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "seconds_per_step": self.seconds / max(1, self.steps),
+            "eval_seconds": self.eval_seconds,
+            "first_loss": self.losses[0] if self.losses else None,
+            "last_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
+            "trainable": self.trainable,
+        }
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, numpy and torch: dropout and any freshly initialized head depend on it."""
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InvalidInput("device cuda was asked for but torch sees no GPU")
+    return torch.device(name)
+
+
+def is_subspace_param(name: str) -> bool:
+    return "subspace_" in name
+
+
+def param_groups(
+    model: nn.Module, lr: float, theta_lr: float, weight_decay: float = 0.0
+) -> list[dict]:
+    """Two optimizer groups: subspace vectors at theta_lr, other trainable parameters at lr."""
+    theta, rest = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (theta if is_subspace_param(name) else rest).append(p)
+    groups = []
+    if theta:
+        groups.append({"params": theta, "lr": theta_lr, "weight_decay": 0.0, "name": "theta"})
+    if rest:
+        groups.append({"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "base"})
+    if not groups:
+        raise InvalidInput("nothing to train: no parameter requires a gradient")
+    return groups
+
+
+def count_trainable(model: nn.Module) -> dict[str, int]:
+    theta = sum(
+        p.numel() for n, p in model.named_parameters() if p.requires_grad and is_subspace_param(n)
+    )
+    rest = sum(
+        p.numel()
+        for n, p in model.named_parameters()
+        if p.requires_grad and not is_subspace_param(n)
+    )
+    return {"subspace": theta, "full_space": rest}
+
+
+def encode(tokenizer, examples: Examples, idx, max_length: int, device: torch.device) -> dict:
+    texts = [examples.texts[i] for i in idx]
+    pairs = [examples.text_pairs[i] for i in idx] if examples.text_pairs else None
+    batch = tokenizer(
+        texts, pairs, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+class HeldZero:
+    """Weights held at zero during training (the paper's disabling experiment, Table 3).
+
+    masks: parameter name -> bool tensor of the parameter's shape (True = held at zero). The
+    weights are zeroed before training, their gradients are masked by a hook, and they are
+    zeroed again after every optimizer step (so no optimizer state can move them).
+    """
+
+    def __init__(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        self.params = {}
+        self.hooks = []
+        for name, mask in masks.items():
+            p = model.get_parameter(name)
+            if mask.shape != p.shape:
+                raise InvalidInput(
+                    f"mask of {name} has shape {tuple(mask.shape)}, not {tuple(p.shape)}"
+                )
+            mask = mask.to(device=p.device, dtype=torch.bool)
+            self.params[name] = (p, mask)
+            self.hooks.append(p.register_hook(lambda g, m=mask: g.masked_fill(m, 0.0)))
+        self.apply()
+
+    @torch.no_grad()
+    def apply(self) -> None:
+        for p, mask in self.params.values():
+            p.masked_fill_(mask, 0.0)
+
+    def count(self) -> int:
+        return int(sum(m.sum() for _, m in self.params.values()))
+
+    def remove(self) -> None:
+        for h in self.hooks:
+            h.remove()
+
+
+@torch.no_grad()
+def predict(model: nn.Module, tokenizer, examples: Examples, cfg: TrainConfig) -> np.ndarray:
+    """Logits (n, c) or regression scores (n, 1) of the model on `examples`, in eval mode."""
+    device = next(model.parameters()).device
+    if hasattr(model, "merge"):
+        # A subspace model evaluates as its merged copy: V theta once, not once per batch.
+        model = model.merge()
+    was_training = model.training
+    model.eval()
+    out = []
+    for a in range(0, len(examples), cfg.eval_batch_size):
+        idx = range(a, min(a + cfg.eval_batch_size, len(examples)))
+        out.append(
+            model(**encode(tokenizer, examples, idx, cfg.max_length, device)).logits.float().cpu()
+        )
+    model.train(was_training)
+    return torch.cat(out).numpy()
+
+
+def evaluate(
+    model: nn.Module, tokenizer, task: Task, cfg: TrainConfig, examples: Examples | None = None
+) -> dict[str, float]:
+    examples = examples if examples is not None else task.dev
+    return evaluate_predictions(
+        task.problem, predict(model, tokenizer, examples, cfg), examples.labels
+    )
+
+
+def train(
+    model: nn.Module,
+    tokenizer,
+    task: Task,
+    cfg: TrainConfig,
+    *,
+    theta_lr: float = 0.01,
+    hold_zero: Mapping[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, float, float], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    evaluate_at_end: bool = True,
+) -> TrainResult:
+    """Train `model` on task.train for cfg.max_steps (or cfg.epochs), then evaluate on dev.
+
+    on_step(step, epoch, loss) runs after every optimizer step (trajectory recording);
+    progress(phase, done, total) drives a progress bar.
+    """
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    model.train()
+    n = len(task.train)
+    per_epoch = math.ceil(n / cfg.batch_size)
+    total = cfg.max_steps or cfg.epochs * per_epoch
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.lr, theta_lr, cfg.weight_decay), lr=cfg.lr
+    )
+    warmup = int(cfg.warmup_ratio * total)
+
+    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 (HF default)
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    held = HeldZero(model, hold_zero) if hold_zero else None
+    order_gen = torch.Generator().manual_seed(cfg.seed)
+    labels_dtype = torch.float32 if task.problem == "regression" else torch.long
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    step = 0
+    try:
+        while step < total:
+            perm = torch.randperm(n, generator=order_gen).tolist()
+            for a in range(0, n, cfg.batch_size):
+                if step >= total:
+                    break
+                idx = perm[a : a + cfg.batch_size]
+                batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
+                labels = torch.as_tensor(task.train.labels[idx], dtype=labels_dtype, device=device)
+                loss = model(**batch, labels=labels).loss
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                if held is not None:
+                    held.apply()
+                step += 1
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise InvalidInput(
+                        f"the loss became {value} at step {step}; lower the learning rates"
+                    )
+                losses.append(value)
+                if on_step is not None:
+                    on_step(step, step / per_epoch, value)
+                if progress is not None:
+                    progress("train", step, total)
+    finally:
+        if held is not None:
+            held.remove()
+    seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = evaluate(model, tokenizer, task, cfg) if evaluate_at_end else {}
+    return TrainResult(
+        steps=step,
+        seconds=seconds,
+        losses=losses,
+        metrics=metrics,
+        eval_seconds=time.perf_counter() - t1,
+        trainable=count_trainable(model),
+    )
