@@ -1,7 +1,8 @@
 #!/bin/sh
 # The dev profile's one-shot job: an admin token for the dev tools (written to a volume the
 # example fine-tuning worker reads), and a demo task whose trajectory comes from `tinysub demo`
-# (a tiny BERT fine-tuned on a synthetic task), uploaded over HTTP, with a task basis ordered.
+# (its first stage: a tiny BERT fine-tuned on a synthetic task), uploaded over HTTP, with a task
+# basis ordered.
 # Re-running it changes nothing that is already there.
 set -eu
 
@@ -24,7 +25,7 @@ export TINYSUB_TOKEN
 
 if ! tinysub task show "$task" >/dev/null 2>&1; then
     workdir=$(mktemp -d)
-    tinysub demo --workdir "$workdir" --epochs "$epochs" --rank 4
+    tinysub demo --workdir "$workdir" --epochs "$epochs" --rank 4 --no-finetune
     tinysub task create "$task" --model tinysub-demo/tiny-bert --store "$workdir/trajectory"
     tinysub task upload "$task" "$workdir/trajectory" --quiet
     rm -rf "$workdir"
