@@ -5,6 +5,10 @@ commit markers) are written atomically: on a local disk by writing a temporary f
 and renaming it over the target; on object stores a single PUT is already atomic. The Zarr arrays
 themselves are opened through `zarr_store()`, which uses zarr's LocalStore (atomic writes) for
 local paths and its FsspecStore otherwise.
+
+Listings are never served from fsspec's directory cache: s3fs (and other object-store
+filesystems) remember a prefix's listing per process, and answer `ls` and `exists` from it, so
+a registry would not see a row another process committed after its first look.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class Location:
         )
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self.path(*parts))
+        return self.fs.exists(self._fresh(self.path(*parts)))
 
     def read_bytes(self, *parts: str) -> bytes:
         try:
@@ -100,10 +104,16 @@ class Location:
     def list(self, *parts: str) -> list[str]:
         """Base names directly under a prefix; empty if it does not exist."""
         try:
-            entries = self.fs.ls(self.path(*parts), detail=False)
+            entries = self.fs.ls(self._fresh(self.path(*parts)), detail=False)
         except FileNotFoundError:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    def _fresh(self, path: str) -> str:
+        """`path`, with any cached listing of it and of its parents dropped first."""
+        if not self.is_local:
+            self.fs.invalidate_cache(path)
+        return path
 
     def delete(self, *parts: str, recursive: bool = False) -> None:
         with contextlib.suppress(FileNotFoundError):

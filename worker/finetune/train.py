@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from torch import nn
 from storage.errors import InvalidInput
 from worker.finetune.data import Examples, Task
 from worker.finetune.metrics import evaluate_predictions
+from worker.svd.backend import DEVICE_ENV
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +88,16 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str) -> torch.device:
+    """'auto' is CUDA when torch sees a GPU, unless TINYSUB_DEVICE (the kernels' setting,
+    worker/svd/backend.py) names a device: TINYSUB_DEVICE=cpu keeps a GPU host's fine-tuning
+    on the CPU too. An explicit `name` wins over the variable."""
+    if name == "auto":
+        name = (os.environ.get(DEVICE_ENV) or "auto").strip().lower()
+        name = "cpu" if name == "numpy" else name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise InvalidInput(f"device {name!r} is not auto, cpu or cuda[:N]")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InvalidInput("device cuda was asked for but torch sees no GPU")
     return torch.device(name)

@@ -27,6 +27,10 @@ def _join(out: str, name: str) -> str:
     return os.path.join(out, name) if "://" not in out else f"{out.rstrip('/')}/{name}"
 
 
+def _out(storage_options: dict | None, out_storage_options: dict | None) -> dict | None:
+    return out_storage_options if out_storage_options is not None else storage_options
+
+
 def task_basis(
     store_url: str,
     out_url: str,
@@ -36,18 +40,21 @@ def task_basis(
     selection=None,
     scope: str = "layer",
     storage_options: dict | None = None,
+    out_storage_options: dict | None = None,
     **kw,
 ) -> ComputeReport:
     """The basis of one task's own trajectory (scope='global' for the whole-encoder one).
 
     selection: which checkpoints (see `engine.select_rows`; default all after theta0).
+    storage_options: fsspec options of the store, and of out_url unless out_storage_options
+    are given (an s3:// input and output on the same endpoint need them once).
     """
     store = TrajectoryStore.open(store_url, storage_options=storage_options)
     sources = make_sources([store], [selection], mode)
     kind = "global" if scope == "global" else "task"
-    return compute_bases(
-        sources, [BasisRequest(out_url, k, kind=kind)], mode=mode, scope=scope, **kw
-    )
+    out_opts = _out(storage_options, out_storage_options)
+    request = BasisRequest(out_url, k, kind=kind, storage_options=out_opts)
+    return compute_bases(sources, [request], mode=mode, scope=scope, **kw)
 
 
 def multitask_bases(
@@ -60,13 +67,16 @@ def multitask_bases(
     unified: bool = True,
     zeroshot: bool | Sequence[str] = True,
     storage_options: dict | None = None,
+    out_storage_options: dict | None = None,
     **kw,
 ) -> ComputeReport:
     """Unified basis over all tasks and a zero-shot basis per task, from one Gram.
 
     stores: task label -> trajectory URL. Bases go to out_dir/unified and
-    out_dir/zeroshot-<label>. Two passes over the data in total.
+    out_dir/zeroshot-<label>. Two passes over the data in total. storage_options: as in
+    `task_basis`.
     """
+    out_opts = _out(storage_options, out_storage_options)
     if len(stores) < 2:
         raise InvalidInput("multi-task bases need at least two tasks")
     labels = list(stores)
@@ -79,7 +89,7 @@ def multitask_bases(
     requests = []
     if unified:
         requests.append(
-            BasisRequest(_join(out_dir, "unified"), k, None, "unified", {"tasks": labels})
+            BasisRequest(_join(out_dir, "unified"), k, None, "unified", {"tasks": labels}, out_opts)
         )
     held_out = labels if zeroshot is True else list(zeroshot or [])
     for lb in held_out:
@@ -94,6 +104,7 @@ def multitask_bases(
                 members,
                 "zeroshot",
                 {"tasks": [x for x in labels if x != lb], "held_out": lb},
+                out_opts,
             )
         )
     return compute_bases(sources, requests, mode=mode, **kw)
