@@ -121,12 +121,14 @@ class Products:
         m: np.ndarray,
         refs: Refs | None = None,
         append: np.ndarray | None = None,
+        out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """V = X^T M (c, k) computed in float64, returned as float32."""
+        """V = X^T M (c, k) computed in float64, returned as float32 (written into `out`, a
+        C-contiguous (c, k) float32 view, when given: no second copy of V)."""
         if self.device == "numpy":
-            return project_numpy(block, m, refs, append)
+            return project_numpy(block, m, refs, append, out)
         with single_thread():
-            return project_torch(block, m, refs, self.device, append)
+            return project_torch(block, m, refs, self.device, append, out)
 
     # ---------------------------------------------------------------- randomized SVD
     @property
@@ -245,11 +247,12 @@ def project_numpy(
     m: np.ndarray,
     refs: Refs | None = None,
     append: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """V = X^T M with numpy, float64 products rounded once to float32. (c, k)"""
     c = block.shape[1]
     n = block.shape[0] + (append is not None)
-    out = np.empty((c, m.shape[1]), dtype=np.float32)
+    out = np.empty((c, m.shape[1]), dtype=np.float32) if out is None else out
     buf = np.empty((n, min(SUB_BLOCK, c)))
     prod = np.empty((min(SUB_BLOCK, c), m.shape[1]))
     for a in range(0, c, SUB_BLOCK):
@@ -281,11 +284,12 @@ def project_torch(
     refs: Refs | None,
     device: str,
     append: np.ndarray | None = None,
+    out: np.ndarray | None = None,
 ) -> np.ndarray:
     """V = X^T M with torch (CPU or GPU), float64 products rounded once to float32. (c, k)"""
     c = block.shape[1]
     n = block.shape[0] + (append is not None)
-    out = np.empty((c, m.shape[1]), dtype=np.float32)
+    out = np.empty((c, m.shape[1]), dtype=np.float32) if out is None else out
     out_t = torch.from_numpy(out)
     mt = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)).to(device)
     buf = torch.empty((n, min(SUB_BLOCK, c)), dtype=torch.float64, device=device)
