@@ -58,6 +58,20 @@ def _check_shapes(source: BasisSource, layout: Layout) -> None:
             )
 
 
+def basis_reference(source: Any, shas: Mapping[str, str], origin: Mapping[str, Any]) -> dict:
+    """The JSON a saved run keeps instead of V: which basis, and the sha256 of every layer."""
+    return {
+        "kind": source.kind,
+        "scope": source.scope,
+        "task": source.task,
+        "version": source.version,
+        "tasks": source.tasks or None,
+        "held_out": source.held_out,
+        "layers": {n: {"shape": list(source.shape(n)), "sha256": sha} for n, sha in shas.items()},
+        **origin,
+    }
+
+
 class StoreBasisSource:
     """A finished basis read through a `BasisStore` (local path or fsspec URL).
 
@@ -112,19 +126,8 @@ class StoreBasisSource:
         return list(self.store.manifest.get("tasks") or [])
 
     def reference(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "scope": self.scope,
-            "task": self.task,
-            "version": self.version,
-            "tasks": self.tasks or None,
-            "held_out": self.held_out,
-            "layers": {
-                n: {"shape": [i.rows, i.rank], "sha256": i.sha256}
-                for n, i in self.store.layers.items()
-            },
-            **self.origin,
-        }
+        shas = {n: i.sha256 for n, i in self.store.layers.items()}
+        return basis_reference(self, shas, self.origin)
 
 
 def _task_from_manifest(m: Mapping) -> str | None:
@@ -198,20 +201,8 @@ class RegistryBasisSource:
         _check_shapes(self, layout)
 
     def reference(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "scope": self.scope,
-            "task": self.task,
-            "version": self.version,
-            "tasks": self.tasks or None,
-            "held_out": self.held_out,
-            "layers": {
-                n: {"shape": list(self.shape(n)), "sha256": i["sha256"]}
-                for n, i in self._layers.items()
-            },
-            "registry": self.registry_url,
-            "alias": self.alias,
-        }
+        shas = {n: i["sha256"] for n, i in self._layers.items()}
+        return basis_reference(self, shas, {"registry": self.registry_url, "alias": self.alias})
 
 
 class RandomBasisSource:
