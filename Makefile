@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo test lint format bench paper clean
 
 setup: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/basis.py --quick --out benchmarks/results/basis.json
+
+# The paper reproduction (within 3 h on 2 cores; resumable: run it again after a stop).
+paper: setup
+	$(VENV)/bin/tinysub experiment paper --out docs/results/paper
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,328 @@
+"""`tinysub experiment paper`: every finding of Zhang, Liu and Shao (2023), plus Aghajanyan et
+al.'s d90, as one resumable experiment through our own store, kernels and fine-tuning worker.
+
+Phases, each resumable on its own:
+
+==========  ==================================================================================
+trajectory  full fine-tuning (first seed) per task, t rows recorded into a trajectory store
+bases       per task: delta (t), raw and centered (modes_dim), global; unified and zero-shot
+table1      full (other seeds), freeze, random and intrinsic at dim          (Table 1)
+transfer    each task in each other task's basis                             (Figure 2)
+unified     unified and zero-shot bases                                      (Table 2)
+ablation    intrinsic at each ablation dim                                   (Tables 5, 6)
+scope       global basis vs layer-wise at equal free parameters              (new)
+modes       raw / delta / centered bases side by side                        (new)
+disable     full fine-tuning with outlier (or random) weights held at zero   (Table 3)
+d90         d90 searches                                                     (Aghajanyan et al.)
+==========  ==================================================================================
+
+DIR gets runs.jsonl, config.json, phases.json, d90.json, report.md and the figures; the large
+intermediate data (trajectories, bases, run folders) lives in the work folder (DIR/work by
+default) and is never needed again once the report is written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from experiments.config import PaperConfig
+from experiments.d90 import D90Search
+from experiments.ledger import Ledger
+from experiments.plan import DEV_FRACTION, Paths, Planner
+from experiments.scheduler import BudgetSpent, Scheduler
+from storage.errors import InvalidInput
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+PHASES_FILE = "phases.json"
+D90_FILE = "d90.json"
+PHASES = (
+    "trajectory",
+    "bases",
+    "table1",
+    "transfer",
+    "unified",
+    "ablation",
+    "scope",
+    "modes",
+    "disable",
+    "d90",
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+class PaperExperiment:
+    def __init__(
+        self,
+        cfg: PaperConfig,
+        out: str | os.PathLike,
+        *,
+        work: str | os.PathLike | None = None,
+        budget_minutes: float | None = None,
+        progress: Progress | None = None,
+        command: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.out = Path(out)
+        self.paths = Paths(Path(work) if work else self.out / "work")
+        self.planner = Planner(cfg, self.paths)
+        self.progress = progress
+        self.command = command
+        self.deadline = None if budget_minutes is None else time.time() + 60 * budget_minutes
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._check_config()
+        self.ledger = Ledger(self.out)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def _check_config(self) -> None:
+        """A DIR holds one configuration: resuming with other settings would mix numbers."""
+        path = self.out / CONFIG_FILE
+        mine = self.cfg.to_dict()
+        if path.exists():
+            saved = json.loads(path.read_text())
+            theirs = {k: saved[k] for k in mine if k in saved}
+            # workers only changes how fast, never the numbers
+            diff = sorted(k for k in mine if k != "workers" and theirs.get(k) != mine[k])
+            if diff:
+                raise InvalidInput(
+                    f"{self.out} holds an experiment with other settings ({', '.join(diff)}); "
+                    "use another --out folder or the same settings"
+                )
+            extra = {k: v for k, v in saved.items() if k not in mine}
+        else:
+            extra = {}
+        extra.update(
+            record_every=self.cfg.record_every,
+            unified_dim=self.cfg.unified_dim,
+            zeroshot_dim=self.cfg.zeroshot_dim,
+            dev_fraction=DEV_FRACTION,
+        )
+        if self.command:
+            extra["command"] = self.command
+        _write_json(path, {**mine, **extra})
+
+    def _set_config_extra(self, **values: Any) -> None:
+        path = self.out / CONFIG_FILE
+        data = json.loads(path.read_text())
+        data.update(values)
+        _write_json(path, data)
+
+    def _add_phase_time(self, phase: str, wall: float, scheduler: Scheduler | None) -> None:
+        path = self.out / PHASES_FILE
+        data = json.loads(path.read_text()) if path.exists() else {}
+        entry = data.setdefault(phase, {"wall_seconds": 0.0, "runs": 0, "run_seconds": 0.0})
+        entry["wall_seconds"] += wall
+        records = [r for r in self.ledger if r.get("phase") == phase]
+        entry["runs"] = len(records)
+        entry["run_seconds"] = sum(r["seconds"] for r in records)
+        _write_json(path, data)
+
+    # ------------------------------------------------------------------ phases
+    def _phase(self, name: str, scheduler: Scheduler, body: Callable[[], Any]) -> Any:
+        started = time.time()
+        try:
+            return body()
+        finally:
+            self._add_phase_time(name, time.time() - started, scheduler)
+
+    def _trajectories(self, scheduler: Scheduler, tasks: list[str]) -> None:
+        jobs = [j for j in self.planner.trajectories() if j.spec.task in tasks]
+        for job in jobs:
+            # A trajectory run that is not in the ledger never finished: its store is partial.
+            store = Path(job.spec.record_trajectory)
+            if job.id not in self.ledger and store.exists():
+                log.warning("removing the unfinished trajectory %s", store)
+                shutil.rmtree(store)
+        scheduler.run("trajectory", jobs)
+
+    def _layers(self) -> int:
+        from storage.trajectory import TrajectoryStore
+
+        store = TrajectoryStore.open(self.paths.trajectory(self.cfg.tasks[0]))
+        return len(store.layout.groups)
+
+    def _bases(self, tasks: list[str], *, everything: bool = True) -> None:
+        from storage.basis import BasisStore
+        from worker.svd.bases import multitask_bases, task_basis
+
+        cfg = self.cfg
+        layers = self._layers()
+        self._set_config_extra(layers=layers)
+        wanted: list[tuple[Path, Callable[[Path], Any]]] = []
+        for task in tasks:
+            traj = str(self.paths.trajectory(task))
+            wanted.append(
+                (
+                    self.paths.task_basis(task, "delta"),
+                    lambda out, traj=traj: task_basis(traj, str(out), cfg.rows, mode="delta"),
+                )
+            )
+            if not everything:
+                continue
+            for mode in ("raw", "centered"):
+                wanted.append(
+                    (
+                        self.paths.task_basis(task, mode),
+                        lambda out, traj=traj, mode=mode: task_basis(
+                            traj, str(out), cfg.modes_dim, mode=mode
+                        ),
+                    )
+                )
+            wanted.append(
+                (
+                    self.paths.global_basis(task),
+                    lambda out, traj=traj: task_basis(
+                        traj, str(out), cfg.equal_layer_dim * layers, mode="delta", scope="global"
+                    ),
+                )
+            )
+        todo = [(p, f) for p, f in wanted if not BasisStore.exists(p)]
+        multi = everything and not all(
+            BasisStore.exists(p)
+            for p in [self.paths.unified(), *(self.paths.zeroshot(t) for t in cfg.tasks)]
+        )
+        total = len(wanted) + (1 if everything else 0)
+        done = total - len(todo) - (1 if multi else 0)
+        self._tick("bases", done, total)
+        for path, compute in todo:
+            if path.exists():
+                self._recompute(path, compute)
+            else:
+                compute(path)
+            done += 1
+            self._tick("bases", done, total)
+        if multi:
+            stores = {t: str(self.paths.trajectory(t)) for t in cfg.tasks}
+            every = max(1, cfg.rows // cfg.unified_per_task)
+            multitask_bases(
+                stores,
+                str(self.paths.multitask()),
+                cfg.unified_dim,
+                mode="delta",
+                selection=f"every:{every}",
+                overwrite=True,
+            )
+            self._tick("bases", total, total)
+
+    @staticmethod
+    def _recompute(path: Path, compute: Callable[[Path], Any]) -> None:
+        # A basis folder without a manifest is an interrupted write (the manifest goes last).
+        shutil.rmtree(path)
+        compute(path)
+
+    def _d90(self, scheduler: Scheduler, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        full = self._means("full", "-")
+        freeze = self._means("freeze", "-")
+        searches = []
+        for task, method in pairs:
+            if task not in full:
+                raise InvalidInput(f"d90 of {task} needs its full fine-tuning runs first")
+            grid = cfg.d90_intrinsic_grid if method in ("intrinsic", "random") else None
+            grid = grid or cfg.d90_fastfood_grid
+            target = cfg.d90_fraction * full[task]
+            searches.append(
+                D90Search(task, method, grid, cfg.d90_seeds, target, refine=cfg.d90_refine)
+            )
+        scheduler.search(
+            "d90",
+            searches,
+            lambda s, d, seed: self.planner.d90_point(s.task, s.method, d, seed),
+        )
+        results = [s.result() for s in searches]
+        self._save_d90(results, full, freeze)
+        return results
+
+    def _means(self, method: str, variant: str) -> dict[str, float]:
+        by_task: dict[str, list[float]] = {}
+        for r in self.ledger:
+            if r["method"] == method and r.get("variant") == variant:
+                by_task.setdefault(r["task"], []).append(r["score"])
+        return {t: sum(v) / len(v) for t, v in by_task.items()}
+
+    def _save_d90(self, results: list[dict], full: dict, freeze: dict) -> None:
+        path = self.out / D90_FILE
+        data = json.loads(path.read_text()) if path.exists() else {"searches": []}
+        keep = {(s["task"], s["method"]): s for s in data.get("searches", [])}
+        keep.update({(s["task"], s["method"]): s for s in results})
+        data["searches"] = list(keep.values())
+        data["full"] = {**data.get("full", {}), **full}
+        data["freeze"] = {**data.get("freeze", {}), **freeze}
+        _write_json(path, data)
+
+    def _tick(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(phase, done, total)
+
+    def _scheduler(self) -> Scheduler:
+        return Scheduler(
+            self.ledger, workers=self.cfg.workers, deadline=self.deadline, progress=self.progress
+        )
+
+    # ------------------------------------------------------------------ entry points
+    def run(self) -> Path:
+        """Every phase, then the report. Raises BudgetSpent (after writing a partial report)
+        when the budget ends first; running again resumes."""
+        cfg, planner = self.cfg, self.planner
+        tasks = list(cfg.tasks)
+        try:
+            with self._scheduler() as sch:
+                self._phase("trajectory", sch, lambda: self._trajectories(sch, tasks))
+                self._phase("bases", sch, lambda: self._bases(tasks))
+                layers = self._layers()
+                static = {
+                    "table1": planner.table1,
+                    "transfer": planner.transfer,
+                    "unified": planner.unified,
+                    "ablation": planner.ablation,
+                    "scope": lambda: planner.scope(layers),
+                    "modes": planner.modes,
+                    "disable": planner.disable,
+                }
+                for name, jobs in static.items():
+                    self._phase(name, sch, lambda name=name, jobs=jobs: sch.run(name, jobs()))
+                pairs = [(t, m) for t in tasks for m in cfg.d90_methods]
+                self._phase("d90", sch, lambda: self._d90(sch, pairs))
+        except BudgetSpent:
+            if len(self.ledger):
+                self.report()  # what is done so far, with the rest marked as not run yet
+            raise
+        return self.report()
+
+    def d90(self, task: str, method: str) -> dict[str, Any]:
+        """One d90 search, with only what it needs: the task's full runs (and, for the
+        intrinsic subspace, its trajectory and delta basis)."""
+        from experiments.config import D90_METHODS
+
+        if task not in self.cfg.tasks:
+            raise InvalidInput(f"task {task!r} is not among this experiment's {self.cfg.tasks}")
+        if method not in D90_METHODS:
+            raise InvalidInput(f"unknown d90 method {method!r}; use {list(D90_METHODS)}")
+        with self._scheduler() as sch:
+            self._phase("trajectory", sch, lambda: self._trajectories(sch, [task]))
+            if method == "intrinsic":
+                self._phase("bases", sch, lambda: self._bases([task], everything=False))
+            fulls = [j for j in self.planner.table1() if j.spec.task == task]
+            fulls = [j for j in fulls if j.spec.method in ("full", "freeze")]
+            self._phase("table1", sch, lambda: sch.run("table1", fulls))
+            return self._phase("d90", sch, lambda: self._d90(sch, [(task, method)]))[0]
+
+    def report(self) -> Path:
+        from experiments.report import build_report
+
+        return build_report(self.out)

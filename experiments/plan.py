@@ -1,0 +1,295 @@
+"""Which runs each part of the paper needs, as `Job`s with stable ids.
+
+A job id names everything that decides its number (method, task, basis, mode, dim, seed), so
+two tables that need the same run share it (intrinsic at dim 16 is in Table 5, the modes
+comparison and the d90 search) and the ledger trains it once.
+
+Ids: ``{method}/{task}/{variant}/d{dim}/s{seed}``, e.g. ``intrinsic/trec6/delta/d32/s1``,
+``transfer/trec6/from-sms_spam/d32/s0``, ``full/trec6/disable-outlier/d0/s2``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from experiments.config import PaperConfig
+from worker.finetune.config import SubspaceConfig
+from worker.finetune.runner import RunSpec
+from worker.finetune.train import TrainConfig
+
+# The split is fixed by split_seed; 15% dev leaves at least 500 dev examples for every task.
+DEV_FRACTION = 0.15
+MODES = ("raw", "delta", "centered")
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the experiment keeps its large intermediate data (never committed)."""
+
+    work: Path
+
+    def trajectory(self, task: str) -> Path:
+        return self.work / "trajectories" / task
+
+    def task_basis(self, task: str, mode: str = "delta") -> Path:
+        return self.work / "bases" / task / mode
+
+    def global_basis(self, task: str) -> Path:
+        return self.work / "bases" / task / "global"
+
+    def multitask(self) -> Path:
+        return self.work / "bases" / "multitask"
+
+    def unified(self) -> Path:
+        return self.multitask() / "unified"
+
+    def zeroshot(self, task: str) -> Path:
+        return self.multitask() / f"zeroshot-{task}"
+
+    def run(self, run_id: str) -> Path:
+        return self.work / "runs" / run_id.replace("/", "__")
+
+
+@dataclass
+class Job:
+    id: str
+    phase: str
+    spec: RunSpec
+    # Fields copied into the ledger record beside the run's own (basis label, mode, ...).
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class Planner:
+    def __init__(self, cfg: PaperConfig, paths: Paths) -> None:
+        self.cfg = cfg
+        self.paths = paths
+
+    # ------------------------------------------------------------------ one run
+    def job(
+        self,
+        phase: str,
+        task: str,
+        method: str,
+        seed: int,
+        *,
+        dim: int | None = None,
+        variant: str = "-",
+        basis: Path | None = None,
+        basis_task: str | None = None,
+        said: bool = False,
+        scope: str = "layer",
+        record_trajectory: Path | None = None,
+        hold_zero_from: Path | None = None,
+        hold_zero_mode: str = "outlier",
+        meta: dict[str, Any] | None = None,
+    ) -> Job:
+        cfg = self.cfg
+        label = "fastfood+said" if said else method
+        run_id = f"{label}/{task}/{variant}/d{dim or 0}/s{seed}"
+        subspace = SubspaceConfig(
+            dim=dim, said=said, scope=scope, basis_seed=seed, theta_lr=cfg.theta_lr
+        )
+        train = TrainConfig(
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            max_steps=cfg.steps,
+            max_length=cfg.max_length,
+            seed=seed,
+        )
+        spec = RunSpec(
+            task=task,
+            method=method,
+            model=cfg.model,
+            out=str(self.paths.run(run_id)),
+            subspace=subspace,
+            train=train,
+            basis=str(basis) if basis else None,
+            basis_task=basis_task,
+            dev_fraction=DEV_FRACTION,
+            train_size=cfg.train_size,
+            dev_size=cfg.dev_size,
+            record_trajectory=str(record_trajectory) if record_trajectory else None,
+            record_every=cfg.record_every,
+            hold_zero_from=str(hold_zero_from) if hold_zero_from else None,
+            hold_zero_mode=hold_zero_mode,
+            sigma=cfg.sigma,
+        )
+        fields = {"variant": variant, "said": said, "scope": scope, **(meta or {})}
+        return Job(run_id, phase, spec, fields)
+
+    def intrinsic(self, phase: str, task: str, dim: int, seed: int, mode: str = "delta") -> Job:
+        return self.job(
+            phase,
+            task,
+            "intrinsic",
+            seed,
+            dim=dim,
+            variant=mode,
+            basis=self.paths.task_basis(task, mode),
+            meta={"basis_from": task, "mode": mode},
+        )
+
+    # ------------------------------------------------------------------ the phases
+    def trajectories(self) -> list[Job]:
+        """Full fine-tuning of the first seed, recording t rows: also Table 1's full run."""
+        seed = self.cfg.seeds[0]
+        return [
+            self.job(
+                "trajectory",
+                task,
+                "full",
+                seed,
+                record_trajectory=self.paths.trajectory(task),
+                meta={"trajectory": str(self.paths.trajectory(task))},
+            )
+            for task in self.cfg.tasks
+        ]
+
+    def table1(self) -> list[Job]:
+        cfg, jobs = self.cfg, []
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                if seed != cfg.seeds[0]:
+                    jobs.append(self.job("table1", task, "full", seed))
+                jobs.append(self.job("table1", task, "freeze", seed))
+                jobs.append(self.job("table1", task, "random", seed, dim=cfg.dim))
+                jobs.append(self.intrinsic("table1", task, cfg.dim, seed))
+        return jobs
+
+    def transfer(self) -> list[Job]:
+        cfg, jobs = self.cfg, []
+        for target in cfg.tasks:
+            for source in cfg.tasks:
+                if source == target:
+                    continue
+                for seed in cfg.seeds:
+                    jobs.append(
+                        self.job(
+                            "transfer",
+                            target,
+                            "transfer",
+                            seed,
+                            dim=cfg.dim,
+                            variant=f"from-{source}",
+                            basis=self.paths.task_basis(source),
+                            meta={"basis_from": source, "mode": "delta"},
+                        )
+                    )
+        return jobs
+
+    def unified(self) -> list[Job]:
+        cfg, jobs = self.cfg, []
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                jobs.append(
+                    self.job(
+                        "unified",
+                        task,
+                        "unified",
+                        seed,
+                        dim=cfg.unified_dim,
+                        variant=f"per-task-{cfg.unified_per_task}",
+                        basis=self.paths.unified(),
+                        meta={"basis_from": "all", "mode": "delta"},
+                    )
+                )
+                jobs.append(
+                    self.job(
+                        "unified",
+                        task,
+                        "zeroshot",
+                        seed,
+                        dim=cfg.zeroshot_dim,
+                        variant=f"per-task-{cfg.unified_per_task}",
+                        basis=self.paths.zeroshot(task),
+                        meta={"basis_from": "others", "mode": "delta"},
+                    )
+                )
+        return jobs
+
+    def ablation(self) -> list[Job]:
+        cfg = self.cfg
+        return [
+            self.intrinsic("ablation", task, dim, seed)
+            for task in cfg.tasks
+            for dim in cfg.ablation_dims
+            for seed in cfg.seeds
+        ]
+
+    def scope(self, layers: int) -> list[Job]:
+        """Global (whole-encoder) basis against layer-wise at equal free parameters."""
+        cfg, jobs = self.cfg, []
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                jobs.append(
+                    self.job(
+                        "scope",
+                        task,
+                        "global",
+                        seed,
+                        dim=cfg.equal_layer_dim * layers,
+                        variant="global",
+                        basis=self.paths.global_basis(task),
+                        scope="global",
+                        meta={"basis_from": task, "mode": "delta"},
+                    )
+                )
+                jobs.append(self.intrinsic("scope", task, cfg.equal_layer_dim, seed))
+        return jobs
+
+    def modes(self) -> list[Job]:
+        cfg = self.cfg
+        return [
+            self.intrinsic("modes", task, cfg.modes_dim, seed, mode)
+            for task in cfg.tasks
+            for mode in MODES
+            for seed in cfg.seeds
+        ]
+
+    def disable(self) -> list[Job]:
+        """Table 3: full fine-tuning with the intrinsic run's outlier weights held at zero, and
+        with as many random weights held at zero."""
+        cfg, jobs = self.cfg, []
+        for task in cfg.tasks:
+            for seed in cfg.seeds:
+                source = self.intrinsic("table1", task, cfg.dim, seed)
+                for mode in ("outlier", "random"):
+                    jobs.append(
+                        self.job(
+                            "disable",
+                            task,
+                            "full",
+                            seed,
+                            variant=f"disable-{mode}",
+                            hold_zero_from=Path(source.spec.out),
+                            hold_zero_mode=mode,
+                            meta={"disabled_from": source.id},
+                        )
+                    )
+        return jobs
+
+    def d90_point(self, task: str, method: str, d: int, seed: int) -> Job:
+        """One point of a d90 search. fastfood / said: Aghajanyan et al.'s DID and SAID, one
+        global theta of d parameters; intrinsic: the task's layer-wise basis at d per layer;
+        random: a layer-wise random basis at d per layer."""
+        if method == "intrinsic":
+            return self.intrinsic("d90", task, d, seed)
+        if method == "random":
+            return self.job("d90", task, "random", seed, dim=d)
+        return self.job(
+            "d90",
+            task,
+            "fastfood",
+            seed,
+            dim=d,
+            variant="global",
+            said=method == "said",
+            scope="global",
+        )
+
+
+def with_phase(job: Job, phase: str) -> Job:
+    return dataclasses.replace(job, phase=phase)

@@ -1,0 +1,53 @@
+"""The experiment's settings check themselves: a bad combination fails before any training."""
+
+from __future__ import annotations
+
+import pytest
+
+from experiments.config import PaperConfig, preset
+from storage.errors import InvalidInput
+
+
+@pytest.mark.parametrize("name", ["default", "quick", "tiny"])
+def test_presets_are_valid_and_round_trip(name):
+    cfg = preset(name)
+    assert PaperConfig.from_dict(cfg.to_dict()) == cfg
+    assert cfg.steps % cfg.rows == 0
+    assert cfg.record_every * cfg.rows == cfg.steps
+
+
+def test_default_matches_the_issue():
+    cfg = preset("default")
+    assert cfg.model == "minilm"
+    assert cfg.rows == 32 and cfg.dim == 32 and len(cfg.seeds) >= 3
+    assert set(cfg.tasks) == {"rotten_tomatoes", "trec6", "vader_movies", "sms_spam"}
+    assert cfg.ablation_dims == (8, 16, 32)
+    # unified: a few checkpoints of each of the four tasks; zero-shot drops one task's share
+    assert cfg.unified_dim == 32 and cfg.zeroshot_dim == 24
+
+
+@pytest.mark.parametrize(
+    "changes, words",
+    [
+        ({"steps": 50}, "multiple of rows"),
+        ({"dim": 64}, "exceed"),
+        ({"modes_dim": 32}, "centered"),
+        ({"tasks": ("trec6",)}, "two tasks"),
+        ({"tasks": ("trec6", "trec6")}, "repeat"),
+        ({"seeds": ()}, "seed"),
+        ({"d90_methods": ("lora",)}, "d90 methods"),
+        ({"d90_intrinsic_grid": (1, 64)}, "intrinsic d90 grid"),
+        ({"workers": 0}, "workers"),
+        ({"unified_per_task": 0}, "unified_per_task"),
+    ],
+)
+def test_bad_settings_are_refused(changes, words):
+    with pytest.raises(InvalidInput, match=words):
+        PaperConfig(**changes)
+
+
+def test_unknown_settings_and_presets_are_refused():
+    with pytest.raises(InvalidInput, match="unknown experiment settings"):
+        PaperConfig.from_dict({"stepz": 3})
+    with pytest.raises(InvalidInput, match="unknown preset"):
+        preset("huge")

@@ -1,0 +1,101 @@
+"""`tinysub experiment paper` end to end on the tiny preset: a 2-layer random BERT, the four
+packaged tasks, every phase and the report; then resume after a crash and a d90 search."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from client.cli.main import run as cli
+from experiments import scheduler as sched
+from experiments.ledger import RUNS_FILE
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+CONTRACT = ("task", "method", "seed", "dim", "metric", "score")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("paper")
+    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(out), "--no-progress"])
+    assert code == 0
+    return out
+
+
+def records(out):
+    return [json.loads(x) for x in (out / RUNS_FILE).read_text().splitlines()]
+
+
+def test_every_phase_lands_in_runs_jsonl(finished):
+    runs = records(finished)
+    for r in runs:
+        assert all(k in r for k in CONTRACT), r
+        assert r["metric"] in ("accuracy", "matthews", "pearson")
+    methods = {r["method"] for r in runs}
+    assert {"full", "freeze", "random", "intrinsic", "transfer", "unified", "zeroshot",
+            "global", "fastfood"} <= methods
+    phases = {r["phase"] for r in runs}
+    assert phases >= {"trajectory", "table1", "transfer", "unified", "ablation", "scope",
+                      "modes", "disable", "d90"}
+    assert len({r["id"] for r in runs}) == len(runs)
+    disabled = [r for r in runs if r.get("variant", "").startswith("disable-")]
+    assert disabled and all(r["held_zero"] > 0 for r in disabled)
+    # free parameters as the paper counts them: d per layer, not the h ensemble copies
+    intrinsic = next(r for r in runs if r["method"] == "intrinsic" and r["dim"] == 4)
+    assert intrinsic["free_params"] == 4 * 2  # tiny-bert has 2 layers
+
+
+def test_report_figures_and_side_files(finished):
+    report = (finished / "report.md").read_text()
+    assert "Table 1" in report and "d90" in report
+    assert list(finished.glob("*.png"))
+    phases = json.loads((finished / "phases.json").read_text())
+    assert phases["trajectory"]["runs"] == 4 and phases["bases"]["wall_seconds"] > 0
+    d90 = json.loads((finished / "d90.json").read_text())
+    assert {(s["task"], s["method"]) for s in d90["searches"]} == {
+        (t, m) for t in ("rotten_tomatoes", "trec6", "vader_movies", "sms_spam")
+        for m in ("fastfood", "intrinsic")
+    }
+    config = json.loads((finished / "config.json").read_text())
+    assert config["command"].startswith("tinysub experiment paper")
+    assert config["layers"] == 2 and config["record_every"] == 2
+
+
+def test_resume_trains_only_what_is_missing(finished, monkeypatch):
+    path = finished / RUNS_FILE
+    lines = path.read_text().splitlines(keepends=True)
+    everything = {json.loads(x)["id"] for x in lines}
+    # lose the last three runs and leave a line cut short, as a crash mid-write would
+    path.write_text("".join(lines[:-3]) + lines[-3][:25])
+    calls = []
+    real = sched.execute
+    monkeypatch.setattr(sched, "execute", lambda job: calls.append(job.id) or real(job))
+    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(finished),
+                "--no-progress"])
+    assert code == 0
+    assert len(calls) == 3
+    assert {r["id"] for r in records(finished)} == everything
+
+
+def test_other_settings_in_the_same_folder_are_refused(finished, capsys):
+    code = cli(["experiment", "paper", "--quick", "--out", str(finished), "--no-progress"])
+    assert code == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_d90_command_reuses_the_runs(finished, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sched, "execute", lambda job: calls.append(job.id))
+    code = cli(["experiment", "d90", "--task", "trec6", "--method", "intrinsic",
+                "--preset", "tiny", "--out", str(finished), "--no-progress"])
+    assert code == 0 and calls == []
+    assert "d90 of trec6 / intrinsic" in capsys.readouterr().out
+
+
+def test_budget_stops_cleanly_and_says_how_to_resume(tmp_path, capsys):
+    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(tmp_path),
+                "--budget", "0", "--no-progress"])
+    assert code == 3
+    assert "run the same command again" in capsys.readouterr().err

@@ -1,0 +1,81 @@
+"""The plan: one job per distinct run, shared between the tables that need it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from experiments.config import preset
+from experiments.plan import Paths, Planner
+
+
+def planner(tmp_path, name="default"):
+    return Planner(preset(name), Paths(Path(tmp_path)))
+
+
+def test_ids_are_unique_and_name_the_run(tmp_path):
+    p = planner(tmp_path)
+    jobs = p.table1() + p.transfer() + p.unified() + p.ablation() + p.scope(6) + p.modes()
+    by_id = {}
+    for job in jobs:
+        if job.id in by_id:  # a shared run must be the same run
+            assert by_id[job.id].spec == job.spec
+        by_id[job.id] = job
+    assert "intrinsic/trec6/delta/d32/s1" in by_id
+    # intrinsic at dim 16 serves Tables 5/6 and the modes comparison: trained once
+    assert sum(j.id == "intrinsic/trec6/delta/d16/s0" for j in jobs) == 2
+    assert len({j.spec.out for j in by_id.values()}) == len(by_id)
+
+
+def test_table1_counts(tmp_path):
+    cfg = preset("default")
+    jobs = planner(tmp_path).table1()
+    per_task = 3 * len(cfg.seeds) + len(cfg.seeds) - 1  # the first seed's full run is the trajectory's
+    assert len(jobs) == per_task * len(cfg.tasks)
+    assert {j.spec.subspace.dim for j in jobs if j.spec.method in ("random", "intrinsic")} == {32}
+
+
+def test_transfer_never_uses_the_own_basis(tmp_path):
+    cfg = preset("default")
+    jobs = planner(tmp_path).transfer()
+    assert len(jobs) == len(cfg.tasks) * (len(cfg.tasks) - 1) * len(cfg.seeds)
+    for job in jobs:
+        source = job.meta["basis_from"]
+        assert source != job.spec.task
+        assert job.spec.basis.endswith(f"bases/{source}/delta")
+
+
+def test_global_and_layerwise_have_equal_free_parameters(tmp_path):
+    cfg = preset("default")
+    jobs = planner(tmp_path).scope(layers=6)
+    glob = [j for j in jobs if j.spec.method == "global"]
+    layer = [j for j in jobs if j.spec.method == "intrinsic"]
+    assert {j.spec.subspace.dim for j in glob} == {cfg.equal_layer_dim * 6}
+    assert {j.spec.subspace.dim for j in layer} == {cfg.equal_layer_dim}
+    assert all(j.spec.subspace.scope == "global" for j in glob)
+
+
+def test_disabling_reads_the_outliers_of_the_same_seeds_intrinsic_run(tmp_path):
+    p = planner(tmp_path)
+    intrinsic = {j.id: j for j in p.table1() if j.spec.method == "intrinsic"}
+    for job in p.disable():
+        assert job.spec.method == "full"
+        source = intrinsic[job.meta["disabled_from"]]
+        assert job.spec.hold_zero_from == source.spec.out
+        assert source.spec.train.seed == job.spec.train.seed
+    modes = {j.spec.hold_zero_mode for j in p.disable()}
+    assert modes == {"outlier", "random"}
+
+
+def test_trajectory_runs_record_t_rows(tmp_path):
+    cfg = preset("default")
+    jobs = planner(tmp_path).trajectories()
+    assert all(j.spec.record_every * cfg.rows == j.spec.train.max_steps for j in jobs)
+    assert all(j.spec.train.seed == cfg.seeds[0] for j in jobs)
+
+
+def test_d90_points(tmp_path):
+    p = planner(tmp_path)
+    said = p.d90_point("trec6", "said", 256, 0)
+    assert said.spec.method == "fastfood" and said.spec.subspace.said
+    assert said.spec.subspace.scope == "global" and said.id.startswith("fastfood+said/")
+    assert p.d90_point("trec6", "intrinsic", 16, 0).id == "intrinsic/trec6/delta/d16/s0"
