@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -42,6 +41,20 @@ def _config(preset: str, quick: bool, workers: int | None):
     return cfg.replace(workers=workers) if workers else cfg
 
 
+def _command(out: Path, preset: str, quick: bool, workers: int | None, work: Path | None) -> str:
+    """The command that reproduces this experiment (budget and progress do not change it)."""
+    parts = ["tinysub", "experiment", "paper", "--out", str(out)]
+    if quick:
+        parts.append("--quick")
+    elif preset != "default":
+        parts += ["--preset", preset]
+    if workers:
+        parts += ["--workers", str(workers)]
+    if work:
+        parts += ["--work", str(work)]
+    return shlex.join(parts)
+
+
 def _quiet() -> None:
     import transformers
 
@@ -65,7 +78,7 @@ def paper_cmd(
 
     _quiet()
     cfg = _config(preset, quick, workers)
-    command = "tinysub " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
+    command = _command(out, preset, quick, workers, work)
     with phase_progress(progress) as cb:
         exp = PaperExperiment(
             cfg, out, work=work, budget_minutes=budget, progress=cb, command=command

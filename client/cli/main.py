@@ -47,7 +47,7 @@ def run(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code. Expected errors become one line on stderr."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="tinysub", standalone_mode=False)
+        result = command.main(args=argv, prog_name="tinysub", standalone_mode=False)
     except TinysubError as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return 2
@@ -69,7 +69,8 @@ def run(argv: list[str] | None = None) -> int:
             f"[red]error:[/red] cannot reach the registry: {exc}", highlight=False, soft_wrap=True
         )
         return 2
-    return 0
+    # Without standalone mode, typer hands back the code of a `typer.Exit(code)` as the result.
+    return result if isinstance(result, int) else 0
 
 
 def _is_transport_error(exc: Exception) -> bool:

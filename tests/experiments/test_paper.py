@@ -34,14 +34,36 @@ def test_every_phase_lands_in_runs_jsonl(finished):
         assert all(k in r for k in CONTRACT), r
         assert r["metric"] in ("accuracy", "matthews", "pearson")
     methods = {r["method"] for r in runs}
-    assert {"full", "freeze", "random", "intrinsic", "transfer", "unified", "zeroshot",
-            "global", "fastfood"} <= methods
+    assert {
+        "full",
+        "freeze",
+        "random",
+        "intrinsic",
+        "transfer",
+        "unified",
+        "zeroshot",
+        "global",
+        "fastfood",
+    } <= methods
     phases = {r["phase"] for r in runs}
-    assert phases >= {"trajectory", "table1", "transfer", "unified", "ablation", "scope",
-                      "modes", "disable", "d90"}
+    assert phases >= {
+        "trajectory",
+        "table1",
+        "transfer",
+        "unified",
+        "ablation",
+        "scope",
+        "modes",
+        "disable",
+        "d90",
+    }
     assert len({r["id"] for r in runs}) == len(runs)
     disabled = [r for r in runs if r.get("variant", "").startswith("disable-")]
-    assert disabled and all(r["held_zero"] > 0 for r in disabled)
+    # as many random weights held at zero as outliers (a tiny update can have none)
+    held = {(r["task"], r["variant"]): r["held_zero"] for r in disabled}
+    assert sum(held.values()) > 0
+    for task in {t for t, _ in held}:
+        assert held[(task, "disable-outlier")] == held[(task, "disable-random")]
     # free parameters as the paper counts them: d per layer, not the h ensemble copies
     intrinsic = next(r for r in runs if r["method"] == "intrinsic" and r["dim"] == 4)
     assert intrinsic["free_params"] == 4 * 2  # tiny-bert has 2 layers
@@ -55,7 +77,8 @@ def test_report_figures_and_side_files(finished):
     assert phases["trajectory"]["runs"] == 4 and phases["bases"]["wall_seconds"] > 0
     d90 = json.loads((finished / "d90.json").read_text())
     assert {(s["task"], s["method"]) for s in d90["searches"]} == {
-        (t, m) for t in ("rotten_tomatoes", "trec6", "vader_movies", "sms_spam")
+        (t, m)
+        for t in ("rotten_tomatoes", "trec6", "vader_movies", "sms_spam")
         for m in ("fastfood", "intrinsic")
     }
     config = json.loads((finished / "config.json").read_text())
@@ -72,8 +95,7 @@ def test_resume_trains_only_what_is_missing(finished, monkeypatch):
     calls = []
     real = sched.execute
     monkeypatch.setattr(sched, "execute", lambda job: calls.append(job.id) or real(job))
-    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(finished),
-                "--no-progress"])
+    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(finished), "--no-progress"])
     assert code == 0
     assert len(calls) == 3
     assert {r["id"] for r in records(finished)} == everything
@@ -88,14 +110,38 @@ def test_other_settings_in_the_same_folder_are_refused(finished, capsys):
 def test_d90_command_reuses_the_runs(finished, capsys, monkeypatch):
     calls = []
     monkeypatch.setattr(sched, "execute", lambda job: calls.append(job.id))
-    code = cli(["experiment", "d90", "--task", "trec6", "--method", "intrinsic",
-                "--preset", "tiny", "--out", str(finished), "--no-progress"])
+    code = cli(
+        [
+            "experiment",
+            "d90",
+            "--task",
+            "trec6",
+            "--method",
+            "intrinsic",
+            "--preset",
+            "tiny",
+            "--out",
+            str(finished),
+            "--no-progress",
+        ]
+    )
     assert code == 0 and calls == []
     assert "d90 of trec6 / intrinsic" in capsys.readouterr().out
 
 
 def test_budget_stops_cleanly_and_says_how_to_resume(tmp_path, capsys):
-    code = cli(["experiment", "paper", "--preset", "tiny", "--out", str(tmp_path),
-                "--budget", "0", "--no-progress"])
+    code = cli(
+        [
+            "experiment",
+            "paper",
+            "--preset",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--budget",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert code == 3
     assert "run the same command again" in capsys.readouterr().err

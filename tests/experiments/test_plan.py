@@ -29,7 +29,9 @@ def test_ids_are_unique_and_name_the_run(tmp_path):
 def test_table1_counts(tmp_path):
     cfg = preset("default")
     jobs = planner(tmp_path).table1()
-    per_task = 3 * len(cfg.seeds) + len(cfg.seeds) - 1  # the first seed's full run is the trajectory's
+    per_task = (
+        3 * len(cfg.seeds) + len(cfg.seeds) - 1
+    )  # the first seed's full run is the trajectory's
     assert len(jobs) == per_task * len(cfg.tasks)
     assert {j.spec.subspace.dim for j in jobs if j.spec.method in ("random", "intrinsic")} == {32}
 

@@ -21,9 +21,17 @@ def fake_execute(monkeypatch):
     def execute(job):
         calls.append(job.id)
         dim = job.spec.subspace.dim or 0
-        return {"id": job.id, "phase": job.phase, "task": job.spec.task,
-                "method": job.spec.method, "seed": job.spec.train.seed, "dim": dim,
-                "metric": "accuracy", "score": min(1.0, dim / 20), "seconds": 1.0}
+        return {
+            "id": job.id,
+            "phase": job.phase,
+            "task": job.spec.task,
+            "method": job.spec.method,
+            "seed": job.spec.train.seed,
+            "dim": dim,
+            "metric": "accuracy",
+            "score": min(1.0, dim / 20),
+            "seconds": 1.0,
+        }
 
     monkeypatch.setattr(sched, "execute", execute)
     return calls
@@ -48,9 +56,11 @@ def test_budget_stops_starting_runs_and_resume_finishes(tmp_path, fake_execute, 
     todo = jobs(tmp_path)
     budget = iter([False, False, False])
     monkeypatch.setattr(sched.Scheduler, "out_of_time", lambda self: next(budget, True))
-    with pytest.raises(sched.BudgetSpent, match="run the same command again"):
-        with sched.Scheduler(Ledger(tmp_path)) as s:
-            s.run("table1", todo)
+    with (
+        pytest.raises(sched.BudgetSpent, match="run the same command again"),
+        sched.Scheduler(Ledger(tmp_path)) as s,
+    ):
+        s.run("table1", todo)
     assert len(Ledger(tmp_path)) == 3
     monkeypatch.setattr(sched.Scheduler, "out_of_time", lambda self: False)
     with sched.Scheduler(Ledger(tmp_path)) as s:
