@@ -14,6 +14,7 @@ scope       global basis vs layer-wise at equal free parameters              (ne
 modes       raw / delta / centered bases side by side                        (new)
 disable     full fine-tuning with outlier (or random) weights held at zero   (Table 3)
 d90         d90 searches                                                     (Aghajanyan et al.)
+theta_lr    Table 1's intrinsic runs at the paper's theta lr (0.01)          (setup check)
 ==========  ==================================================================================
 
 DIR gets runs.jsonl, config.json, phases.json, d90.json, report.md and the figures; the large
@@ -55,6 +56,7 @@ PHASES = (
     "modes",
     "disable",
     "d90",
+    "theta_lr",
 )
 
 Progress = Callable[[str, int, int], None]
@@ -298,6 +300,7 @@ class PaperExperiment:
                     self._phase(name, sch, lambda name=name, jobs=jobs: sch.run(name, jobs()))
                 pairs = [(t, m) for t in tasks for m in cfg.d90_methods]
                 self._phase("d90", sch, lambda: self._d90(sch, pairs))
+                self._phase("theta_lr", sch, lambda: sch.run("theta_lr", planner.theta_lr()))
         except BudgetSpent:
             if len(self.ledger):
                 self.report()  # what is done so far, with the rest marked as not run yet

@@ -84,13 +84,15 @@ class Planner:
         record_trajectory: Path | None = None,
         hold_zero_from: Path | None = None,
         hold_zero_mode: str = "outlier",
+        theta_lr: float | None = None,
         meta: dict[str, Any] | None = None,
     ) -> Job:
         cfg = self.cfg
         label = "fastfood+said" if said else method
         run_id = f"{label}/{task}/{variant}/d{dim or 0}/s{seed}"
+        theta_lr = cfg.theta_lr if theta_lr is None else theta_lr
         subspace = SubspaceConfig(
-            dim=dim, said=said, scope=scope, basis_seed=seed, theta_lr=cfg.theta_lr
+            dim=dim, said=said, scope=scope, basis_seed=seed, theta_lr=theta_lr
         )
         train = TrainConfig(
             lr=cfg.lr,
@@ -117,7 +119,13 @@ class Planner:
             hold_zero_mode=hold_zero_mode,
             sigma=cfg.sigma,
         )
-        fields = {"variant": variant, "said": said, "scope": scope, **(meta or {})}
+        fields = {
+            "variant": variant,
+            "said": said,
+            "scope": scope,
+            "theta_lr": theta_lr if dim else None,
+            **(meta or {}),
+        }
         return Job(run_id, phase, spec, fields)
 
     def intrinsic(self, phase: str, task: str, dim: int, seed: int, mode: str = "delta") -> Job:
@@ -270,6 +278,25 @@ class Planner:
                         )
                     )
         return jobs
+
+    def theta_lr(self) -> list[Job]:
+        """Table 1's intrinsic runs again at the paper's theta learning rate."""
+        cfg, lr = self.cfg, self.cfg.paper_theta_lr
+        return [
+            self.job(
+                "theta_lr",
+                task,
+                "intrinsic",
+                seed,
+                dim=cfg.dim,
+                variant=f"delta-lr{lr:g}",
+                basis=self.paths.task_basis(task),
+                theta_lr=lr,
+                meta={"basis_from": task, "mode": "delta"},
+            )
+            for task in cfg.tasks
+            for seed in cfg.seeds
+        ]
 
     def d90_point(self, task: str, method: str, d: int, seed: int) -> Job:
         """One point of a d90 search. fastfood / said: Aghajanyan et al.'s DID and SAID, one

@@ -54,6 +54,7 @@ PHASES = (
     "modes",
     "disable",
     "d90",
+    "theta_lr",
 )
 # Ensemble size h of the subspace runs (free_params counts their mean once, as the papers do).
 H = paper.PAPER_ENSEMBLE
@@ -292,8 +293,20 @@ def random_at(dim: int) -> Selector:
 
 
 def intrinsic_at(dim: int, mode: str = "delta") -> Selector:
+    # The variant of an intrinsic run is its mode; the theta-lr check runs ("delta-lr0.01")
+    # are kept out of every table but their own.
     return lambda r: (
-        r["method"] == "intrinsic" and r.get("dim") == dim and _mode(r) == mode and _layerwise(r)
+        r["method"] == "intrinsic"
+        and r.get("dim") == dim
+        and _mode(r) == mode
+        and r.get("variant", mode) == mode
+        and _layerwise(r)
+    )
+
+
+def intrinsic_lr(dim: int, lr: float) -> Selector:
+    return lambda r: (
+        r["method"] == "intrinsic" and r.get("dim") == dim and r.get("variant") == f"delta-lr{lr:g}"
     )
 
 
@@ -1277,6 +1290,30 @@ def section_modes(res: Results) -> Section:
     return Section("Basis modes: raw / delta / centered (new)", body)
 
 
+def section_theta_lr(res: Results) -> Section:
+    """Setup check: intrinsic at the paper's theta lr beside the one these runs use."""
+    cfg = res.cfg
+    dim, ours, paper_lr = cfg["dim"], cfg["theta_lr"], cfg.get("paper_theta_lr", 0.01)
+    columns = {
+        "full": is_full,
+        "freeze": is_freeze,
+        f"intrinsic, θ lr {paper_lr:g} (paper)": intrinsic_lr(dim, paper_lr),
+        f"intrinsic, θ lr {ours:g} (these runs)": intrinsic_at(dim),
+    }
+    stats = {label: res.per_task(sel) for label, sel in columns.items()}
+    rows = [[t, *(res.fmt(st.get(t)) for st in stats.values())] for t in res.tasks]
+    rows.append(["Avg.", *(_avg_cell(res, st) for st in stats.values())])
+    body = [
+        f"Adam moves each θ coordinate by at most its learning rate per step, so in "
+        f"{cfg['steps']} linearly decayed steps θ travels at most about "
+        f"{cfg['steps'] / 2 * paper_lr:.2f} at the paper's {paper_lr:g} (set for thousands of "
+        f"steps) and {cfg['steps'] / 2 * ours:.2f} at {ours:g}. These runs use {ours:g}; the "
+        f"paper's value is run beside it at dim {dim} (same seeds, bases and data).",
+        md_table(["task", *columns], rows),
+    ]
+    return Section("Setup check: the θ learning rate", body)
+
+
 # ============================================================================ d90
 LAYERWISE_D90 = ("intrinsic", "random")
 D90_LABELS = {
@@ -1582,6 +1619,7 @@ def render(res: Results, draw: bool = True) -> str:
         section_scope(res),
         section_modes(res),
         section_d90(res, draw),
+        section_theta_lr(res),
         section_time(res),
     ]
     findings = [f for s in sections for f in s.findings]

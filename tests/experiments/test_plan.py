@@ -81,3 +81,12 @@ def test_d90_points(tmp_path):
     assert said.spec.method == "fastfood" and said.spec.subspace.said
     assert said.spec.subspace.scope == "global" and said.id.startswith("fastfood+said/")
     assert p.d90_point("trec6", "intrinsic", 16, 0).id == "intrinsic/trec6/delta/d16/s0"
+
+
+def test_the_paper_theta_lr_runs_are_their_own_runs(tmp_path):
+    p = planner(tmp_path)
+    table1 = {j.id for j in p.table1()}
+    check = p.theta_lr()
+    assert all(j.id not in table1 for j in check)
+    assert {j.spec.subspace.theta_lr for j in check} == {0.01}
+    assert {j.spec.subspace.theta_lr for j in p.table1() if j.spec.subspace.dim} == {0.05}
