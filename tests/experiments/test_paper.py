@@ -56,6 +56,7 @@ def test_every_phase_lands_in_runs_jsonl(finished):
         "modes",
         "disable",
         "d90",
+        "theta_lr",
     }
     assert len({r["id"] for r in runs}) == len(runs)
     disabled = [r for r in runs if r.get("variant", "").startswith("disable-")]
@@ -71,7 +72,7 @@ def test_every_phase_lands_in_runs_jsonl(finished):
 
 def test_report_figures_and_side_files(finished):
     report = (finished / "report.md").read_text()
-    assert "Table 1" in report and "d90" in report
+    assert "Table 1" in report and "d90" in report and "θ learning rate" in report
     assert list(finished.glob("*.png"))
     phases = json.loads((finished / "phases.json").read_text())
     assert phases["trajectory"]["runs"] == 4 and phases["bases"]["wall_seconds"] > 0
