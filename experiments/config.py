@@ -27,6 +27,20 @@ ANALOG = {
     "sms_spam": "CoLA",
 }
 D90_METHODS = ("fastfood", "said", "intrinsic", "random")
+# The experiment's phases, in the order they run (experiments/paper.py says what each does).
+PHASES = (
+    "trajectory",
+    "bases",
+    "table1",
+    "transfer",
+    "unified",
+    "ablation",
+    "scope",
+    "modes",
+    "disable",
+    "d90",
+    "theta_lr",
+)
 
 
 @dataclass(frozen=True)
@@ -148,20 +162,23 @@ def preset(name: str) -> PaperConfig:
     if name == "default":
         return PaperConfig()
     if name == "quick":
+        # Every phase on every task, one seed, short runs: a smoke test of the whole report.
         return PaperConfig(
             preset="quick",
             seeds=(0,),
             train_size=400,
-            dev_size=300,
-            steps=32,
-            rows=16,
-            dim=16,
-            ablation_dims=(4, 8, 16),
-            unified_per_task=4,
-            equal_layer_dim=2,
-            modes_dim=8,
-            d90_fastfood_grid=(64, 1024, 16384),
-            d90_intrinsic_grid=(2, 4, 8, 16),
+            dev_size=200,
+            steps=16,
+            max_length=40,
+            rows=8,
+            dim=8,
+            ablation_dims=(2, 4, 8),
+            unified_per_task=2,
+            equal_layer_dim=1,
+            modes_dim=4,
+            d90_fastfood_grid=(256, 4096),
+            d90_intrinsic_grid=(1, 2, 4, 8),
+            d90_refine=0,
         )
     if name == "tiny":
         return PaperConfig(

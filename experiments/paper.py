@@ -45,19 +45,6 @@ log = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 PHASES_FILE = "phases.json"
 D90_FILE = "d90.json"
-PHASES = (
-    "trajectory",
-    "bases",
-    "table1",
-    "transfer",
-    "unified",
-    "ablation",
-    "scope",
-    "modes",
-    "disable",
-    "d90",
-    "theta_lr",
-)
 
 Progress = Callable[[str, int, int], None]
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from experiments import figures
 from experiments import paper_numbers as paper
-from experiments.config import TASKS, PaperConfig
+from experiments.config import PHASES, TASKS, PaperConfig
 from experiments.ledger import RUNS_FILE, read_runs
 from storage.errors import NotFound
 
@@ -43,19 +43,6 @@ FIG_D90 = "fig_d90.png"
 DASH = "–"
 HOLDS, PARTLY, FAILS, NOT_RUN = "holds", "partly", "does not hold", "not run yet"
 MODES = ("raw", "delta", "centered")
-PHASES = (
-    "trajectory",
-    "bases",
-    "table1",
-    "transfer",
-    "unified",
-    "ablation",
-    "scope",
-    "modes",
-    "disable",
-    "d90",
-    "theta_lr",
-)
 # Ensemble size h of the subspace runs (free_params counts their mean once, as the papers do).
 H = paper.PAPER_ENSEMBLE
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -55,6 +57,20 @@ def _command(out: Path, preset: str, quick: bool, workers: int | None, work: Pat
     return shlex.join(parts)
 
 
+@contextlib.contextmanager
+def _stops_on_budget(out: Path) -> Iterator[None]:
+    """A spent budget is a clean stop (exit code 3) that says how to resume."""
+    from experiments.scheduler import BudgetSpent
+
+    try:
+        yield
+    except BudgetSpent as exc:
+        err_console.print(f"[yellow]stopped:[/yellow] {exc}")
+        if (out / "report.md").exists():
+            console.print(f"partial report: {out / 'report.md'}")
+        raise typer.Exit(3) from None
+
+
 def _quiet() -> None:
     import transformers
 
@@ -74,22 +90,15 @@ def paper_cmd(
 ) -> None:
     """Every table and figure of the paper (and d90) on MiniLM and four packaged tasks."""
     from experiments.paper import PaperExperiment
-    from experiments.scheduler import BudgetSpent
 
     _quiet()
     cfg = _config(preset, quick, workers)
     command = _command(out, preset, quick, workers, work)
-    with phase_progress(progress) as cb:
+    with phase_progress(progress) as cb, _stops_on_budget(out):
         exp = PaperExperiment(
             cfg, out, work=work, budget_minutes=budget, progress=cb, command=command
         )
-        try:
-            report = exp.run()
-        except BudgetSpent as exc:
-            err_console.print(f"[yellow]stopped:[/yellow] {exc}")
-            if (out / "report.md").exists():
-                console.print(f"partial report: {out / 'report.md'}")
-            raise typer.Exit(3) from None
+        report = exp.run()
     from experiments.report import headline
 
     console.print(f"report: {report}")
@@ -110,17 +119,12 @@ def d90_cmd(
 ) -> None:
     """Search the smallest d reaching 90% of full fine-tuning, for one task and method."""
     from experiments.paper import PaperExperiment
-    from experiments.scheduler import BudgetSpent
 
     _quiet()
     cfg = _config(preset, quick, workers)
-    with phase_progress(progress) as cb:
+    with phase_progress(progress) as cb, _stops_on_budget(out):
         exp = PaperExperiment(cfg, out, work=work, budget_minutes=budget, progress=cb)
-        try:
-            result = exp.d90(task, method)
-        except BudgetSpent as exc:
-            err_console.print(f"[yellow]stopped:[/yellow] {exc}")
-            raise typer.Exit(3) from None
+        result = exp.d90(task, method)
     for p in result["points"]:
         mark = "pass" if p["score"] >= result["target"] else "fail"
         console.print(f"  d={p['d']:>6}  {result['metric']} {p['score']:.4f}  {mark}")
