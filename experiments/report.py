@@ -1385,7 +1385,7 @@ def section_d90(res: Results, draw: bool) -> Section:
         f"d90: the smallest d whose score (mean over seeds {res.cfg['d90_seeds']}) reaches "
         f"{res.cfg['d90_fraction']:.0%} of full, found by bisection on a grid. Cells: d90 "
         "(degrees of freedom: d × layers for the layer-wise intrinsic and random bases, d for "
-        "fastfood, d + layers for SAID); '> m': not reached up to d = m. The h = {H} ensemble "
+        f"fastfood, d + layers for SAID); '> m': not reached up to d = m. The h = {H} ensemble "
         "vectors count once (the model sees only their mean).",
         md_table(header, rows) if searches or full else "No d90 searches in d90.json yet.",
         _freeze_note(reach),
