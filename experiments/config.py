@@ -85,7 +85,7 @@ class PaperConfig:
     d90_intrinsic_grid: tuple[int, ...] = (1, 2, 4, 8, 16, 32)
     d90_fraction: float = 0.9
     # Geometric midpoints tried after the grid bisection (each halves the bracket's ratio).
-    d90_refine: int = 1
+    d90_refine: int = 0
     # Parallel training processes; each gets cores // workers threads.
     workers: int = 2
 

@@ -139,18 +139,29 @@ def _check_source(method: str, source: BasisSource, task: str | None) -> None:
 
 def _dense(source: BasisSource, layout: Layout, config: SubspaceConfig):
     projections, reference = {}, source.reference()
+    ranks = {g: source.shape(g)[1] for g in layout.group_names}
+    if config.dim is not None and config.dim > max(ranks.values()):
+        raise InvalidInput(
+            f"dimension {config.dim} was asked for but the basis has rank {max(ranks.values())}"
+        )
+    # A layer whose trajectory spans fewer directions than the others (the kernel's rcond
+    # cutoff dropped a vanishing singular value) keeps all it has: that is its whole subspace.
+    short = {g: r for g, r in ranks.items() if config.dim is not None and r < config.dim}
+    if short and config.scope == "global":
+        raise InvalidInput(f"a global theta needs rank {config.dim} in every layer: {short}")
+    if short:
+        log.warning(
+            "basis layers %s have rank below %d; they keep all their columns", short, config.dim
+        )
     for g in layout.group_names:
         v = source.load(g)  # (D_l, k)
         if config.dim is not None:
-            if config.dim > v.shape[1]:
-                raise InvalidInput(
-                    f"dimension {config.dim} was asked for but basis layer {g!r} has rank "
-                    f"{v.shape[1]}"
-                )
             v = v[:, : config.dim]
         projections[g] = DenseProjection(v, dtype=config.basis_dtype, block_rows=config.block_rows)
     if config.dim is not None:
         reference = {**reference, "columns": config.dim}
+        if short:
+            reference["short_layers"] = short
     return projections, reference
 
 

@@ -150,3 +150,33 @@ def test_random_matches_the_shapes_of_a_given_basis(bases):
     )
     assert model.subspace_reference["kind"] == "random"
     assert next(iter(model.subspace_theta.values())).shape[1] == 4
+
+
+class _ShortLayer:
+    """A basis whose first layer lost its last column (rank cut by the kernel's rcond)."""
+
+    def __init__(self, source):
+        self._s = source
+        self._short = source.layer_names()[0]
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+    def shape(self, layer):
+        rows, k = self._s.shape(layer)
+        return (rows, k - 1) if layer == self._short else (rows, k)
+
+    def load(self, layer):
+        v = self._s.load(layer)
+        return v[:, :-1] if layer == self._short else v
+
+
+def test_a_rank_deficient_layer_keeps_all_its_columns(bases):
+    source = _ShortLayer(_source(bases, "intrinsic"))
+    model = prepare("intrinsic", make_model("bert"), SubspaceConfig(dim=4), source=source, task="a")
+    shapes = [tuple(t.shape) for t in model.subspace_theta.values()]
+    assert shapes[0] == (16, 3) and all(s == (16, 4) for s in shapes[1:])
+    assert model.subspace_reference["short_layers"] == {source.layer_names()[0]: 3}
+    # more than any layer has is still refused
+    with pytest.raises(InvalidInput, match="rank 4"):
+        prepare("intrinsic", make_model("bert"), SubspaceConfig(dim=5), source=source, task="a")
