@@ -163,12 +163,14 @@ class PaperExperiment:
             )
             if not everything:
                 continue
-            for mode in ("raw", "centered"):
+            # raw at Table 1's dim (Table 3 trains in it; the modes phase keeps its first
+            # modes_dim columns: one computation for every dim); centered has rank t - 1.
+            for mode, k in (("raw", cfg.dim), ("centered", cfg.modes_dim)):
                 wanted.append(
                     (
                         self.paths.task_basis(task, mode),
-                        lambda out, traj=traj, mode=mode: task_basis(
-                            traj, str(out), cfg.modes_dim, mode=mode
+                        lambda out, traj=traj, mode=mode, k=k: task_basis(
+                            traj, str(out), k, mode=mode
                         ),
                     )
                 )

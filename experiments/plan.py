@@ -85,17 +85,27 @@ class Planner:
         hold_zero_from: Path | None = None,
         hold_zero_mode: str = "outlier",
         theta_lr: float | None = None,
+        theta_scale: str = "extent",
         meta: dict[str, Any] | None = None,
     ) -> Job:
         cfg = self.cfg
         label = "fastfood+said" if said else method
         run_id = f"{label}/{task}/{variant}/d{dim or 0}/s{seed}"
-        theta_lr = cfg.theta_lr if theta_lr is None else theta_lr
+        if method in ("random", "fastfood"):
+            theta_scale = "none"  # a generated basis has no trajectory to measure
+        if theta_lr is None:
+            theta_lr = cfg.theta_lr if theta_scale == "extent" else cfg.plain_theta_lr
         subspace = SubspaceConfig(
-            dim=dim, said=said, scope=scope, basis_seed=seed, theta_lr=theta_lr
+            dim=dim,
+            said=said,
+            scope=scope,
+            basis_seed=seed,
+            theta_lr=theta_lr,
+            theta_scale=theta_scale,
         )
         train = TrainConfig(
             lr=cfg.lr,
+            head_lr=cfg.head_lr,
             batch_size=cfg.batch_size,
             max_steps=cfg.steps,
             max_length=cfg.max_length,
@@ -124,6 +134,7 @@ class Planner:
             "said": said,
             "scope": scope,
             "theta_lr": theta_lr if dim else None,
+            "theta_scale": theta_scale if dim else None,
             **(meta or {}),
         }
         return Job(run_id, phase, spec, fields)
@@ -249,21 +260,45 @@ class Planner:
         return jobs
 
     def modes(self) -> list[Job]:
+        """raw / delta / centered side by side, and the raw-basis runs under the paper's own
+        protocol that Table 3 takes its outliers from."""
         cfg = self.cfg
-        return [
+        side_by_side = [
             self.intrinsic("modes", task, cfg.modes_dim, seed, mode)
             for task in cfg.tasks
             for mode in MODES
             for seed in cfg.seeds
         ]
+        return side_by_side + [
+            self.paper_protocol(task, seed) for task in cfg.tasks for seed in cfg.seeds
+        ]
+
+    def paper_protocol(self, task: str, seed: int) -> Job:
+        """Intrinsic fine-tuning as the paper ran it: raw checkpoints, plain V theta at the
+        paper's lr, dim of Table 1. With a raw basis v_1 is theta0's own direction, so V theta
+        inherits theta0's heavy tail (LayerNorm gains): the paper's outliers come from here."""
+        cfg = self.cfg
+        return self.job(
+            "modes",
+            task,
+            "intrinsic",
+            seed,
+            dim=cfg.dim,
+            variant="raw-paper",
+            basis=self.paths.task_basis(task, "raw"),
+            theta_lr=cfg.paper_theta_lr,
+            theta_scale="none",
+            meta={"basis_from": task, "mode": "raw", "rule": "paper"},
+        )
 
     def disable(self) -> list[Job]:
-        """Table 3: full fine-tuning with the intrinsic run's outlier weights held at zero, and
-        with as many random weights held at zero."""
+        """Table 3: full fine-tuning with the outlier weights of the paper-protocol intrinsic
+        run (raw basis, plain V theta; the modes phase trains it) held at zero, and with as many
+        random weights held at zero."""
         cfg, jobs = self.cfg, []
         for task in cfg.tasks:
             for seed in cfg.seeds:
-                source = self.intrinsic("table1", task, cfg.dim, seed)
+                source = self.paper_protocol(task, seed)
                 for mode in ("outlier", "random"):
                     jobs.append(
                         self.job(
@@ -280,7 +315,7 @@ class Planner:
         return jobs
 
     def theta_lr(self) -> list[Job]:
-        """Table 1's intrinsic runs again at the paper's theta learning rate."""
+        """Table 1's intrinsic runs again under the paper's rule: plain V theta at its lr."""
         cfg, lr = self.cfg, self.cfg.paper_theta_lr
         return [
             self.job(
@@ -289,9 +324,10 @@ class Planner:
                 "intrinsic",
                 seed,
                 dim=cfg.dim,
-                variant=f"delta-lr{lr:g}",
+                variant=f"delta-lr{lr:g}-plain",
                 basis=self.paths.task_basis(task),
                 theta_lr=lr,
+                theta_scale="none",
                 meta={"basis_from": task, "mode": "delta"},
             )
             for task in cfg.tasks

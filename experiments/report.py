@@ -293,7 +293,10 @@ def intrinsic_at(dim: int, mode: str = "delta") -> Selector:
 
 def intrinsic_lr(dim: int, lr: float) -> Selector:
     return lambda r: (
-        r["method"] == "intrinsic" and r.get("dim") == dim and r.get("variant") == f"delta-lr{lr:g}"
+        r["method"] == "intrinsic"
+        and r.get("dim") == dim
+        # "-plain": the paper's rule (plain V theta); older reports ran the lr alone.
+        and r.get("variant") in (f"delta-lr{lr:g}-plain", f"delta-lr{lr:g}")
     )
 
 
@@ -496,7 +499,10 @@ def section_setup(res: Results) -> Section:
         f"- model: `{cfg['model']}` (preset `{cfg['preset']}`), {cfg.get('layers') or DASH} "
         "encoder layers",
         f"- steps {cfg['steps']}, batch {cfg['batch_size']}, lr {cfg['lr']}, "
-        f"theta lr {cfg['theta_lr']}, max length {cfg['max_length']}, h = {H} ensemble vectors",
+        f"theta lr {cfg['theta_lr']} (theta in the trajectory's units; random/fastfood "
+        f"{cfg.get('plain_theta_lr', cfg['theta_lr'])}), "
+        f"head lr {cfg.get('head_lr') or cfg['lr']}, "
+        f"max length {cfg['max_length']}, h = {H} ensemble vectors",
         f"- trajectory: t = {cfg['rows']} rows after θ0, one every N = {cfg['record_every']} steps",
         f"- dims: Table 1 / Figure 2 {cfg['dim']}, ablation {cfg['ablation_dims']}, unified "
         f"{cfg['unified_dim']}, zero-shot {cfg['zeroshot_dim']}, equal-budget layer dim "
@@ -922,7 +928,9 @@ def section_table3(res: Results) -> Section:
     )
     body = [
         f"Full fine-tuning with the {res.cfg['sigma']}σ outlier weights of the intrinsic run "
-        f"(dim {res.cfg['dim']}, same task and seed) held at zero, and with as many random "
+        f"under the paper's protocol (raw checkpoints, plain V θ at lr "
+        f"{res.cfg.get('paper_theta_lr', 0.01)}, dim {res.cfg['dim']}, same task and seed) held "
+        "at zero, and with as many random "
         f"weights held at zero. The paper zeroes about {paper.OUTLIER_FRACTION:.1%} of encoder "
         "parameters.",
         md_table(["run", *map(task_label, res.tasks), "Avg."], rows + paper_part),
@@ -1284,18 +1292,19 @@ def section_theta_lr(res: Results) -> Section:
     columns = {
         "full": is_full,
         "freeze": is_freeze,
-        f"intrinsic, θ lr {paper_lr:g} (paper)": intrinsic_lr(dim, paper_lr),
+        f"intrinsic, paper's rule (V θ, lr {paper_lr:g})": intrinsic_lr(dim, paper_lr),
         f"intrinsic, θ lr {ours:g} (these runs)": intrinsic_at(dim),
     }
     stats = {label: res.per_task(sel) for label, sel in columns.items()}
     rows = [[t, *(res.fmt(st.get(t)) for st in stats.values())] for t in res.tasks]
     rows.append(["Avg.", *(_avg_cell(res, st) for st in stats.values())])
     body = [
-        f"Adam moves each θ coordinate by at most its learning rate per step, so in "
-        f"{cfg['steps']} linearly decayed steps θ travels at most about "
-        f"{cfg['steps'] / 2 * paper_lr:.2f} at the paper's {paper_lr:g} (set for thousands of "
-        f"steps) and {cfg['steps'] / 2 * ours:.2f} at {ours:g}. These runs use {ours:g}; the "
-        f"paper's value is run beside it at dim {dim} (same seeds, bases and data).",
+        f"Adam moves each θ coordinate by about its learning rate per step whatever the "
+        f"direction's weight. Under the paper's rule (V θ, lr {paper_lr:g}) a direction the "
+        "trajectory barely used moves as far as its main one; these runs scale each direction "
+        "by the trajectory's own extent along it (V diag(e) θ"
+        f"{', lr ' + format(ours, 'g') if cfg.get('head_lr') else ''}). The paper's rule is run "
+        f"beside it at dim {dim} (same seeds, bases and data).",
         md_table(["task", *columns], rows),
     ]
     return Section("Setup check: the θ learning rate", body)

@@ -94,7 +94,7 @@ class Basis(Base):
     params: Mapped[dict[str, Any]]
     url: Mapped[str] = mapped_column(Text)
     # Filled from the committed manifest: [{name, shape, dtype, sha256, nbytes, singular_values,
-    # energy, total_energy}, ...]
+    # energy, total_energy, extent?}, ...]
     layers: Mapped[list[Any] | None] = mapped_column(JSON, default=None)
     inputs_digest: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)

@@ -147,6 +147,11 @@ class LayerPublic(_Out):
     singular_values: list[float]
     energy: list[float]
     total_energy: float
+    extent: list[float] | None = Field(
+        default=None,
+        description="RMS motion of the trajectory along each direction: theta's scale under "
+        "the default training rule (absent for random bases and older bases).",
+    )
     url: str = Field(description="Path of the layer's bytes on this server.")
 
 

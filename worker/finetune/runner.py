@@ -32,7 +32,7 @@ from worker.finetune.config import SubspaceConfig
 from worker.finetune.data import load_task
 from worker.finetune.methods import BASIS_KIND, METHODS, prepare
 from worker.finetune.models import load_model
-from worker.finetune.reparam import SubspaceModel
+from worker.finetune.reparam import SubspaceModel, parameter_parts
 from worker.finetune.sources import BasisSource, RegistryBasisSource, StoreBasisSource
 from worker.finetune.train import TrainConfig, seed_everything, train
 
@@ -63,6 +63,11 @@ class RunSpec:
     dev_fraction: float = 0.1
     train_size: int | None = None
     dev_size: int | None = None
+    # A tuning split carved beside dev (see worker.finetune.data); eval_split="tune" scores the
+    # run there instead of on dev, for choosing hyper-parameters without touching dev.
+    tune_fraction: float = 0.0
+    tune_size: int | None = None
+    eval_split: str = "dev"
     # Extras.
     record_trajectory: str | None = None
     record_every: int = 10
@@ -80,6 +85,10 @@ class RunSpec:
             raise InvalidInput("holding weights at zero is the full-space experiment: method full")
         if self.record_every < 1:
             raise InvalidInput(f"record_every must be at least 1, got {self.record_every}")
+        if self.eval_split not in ("dev", "tune"):
+            raise InvalidInput(f"eval_split must be 'dev' or 'tune', got {self.eval_split!r}")
+        if self.eval_split == "tune" and not self.tune_fraction:
+            raise InvalidInput("eval_split 'tune' needs a tuning split: give tune_fraction > 0")
 
 
 def open_source(spec: RunSpec) -> BasisSource | None:
@@ -140,7 +149,12 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         dev_fraction=spec.dev_fraction,
         train_size=spec.train_size,
         dev_size=spec.dev_size,
+        tune_fraction=spec.tune_fraction,
+        tune_size=spec.tune_size,
     )
+    if spec.eval_split == "tune":
+        # Scored on the tuning split: the reported dev split never sees this run.
+        task = dataclasses.replace(task, dev=task.tune)
     source = open_source(spec)
     # The head is initialized from the global RNG: the same seed gives every method the same.
     seed_everything(spec.train.seed)
@@ -166,6 +180,8 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     on_step, store = None, None
     if spec.record_trajectory:
         store, on_step = _recorder(spec, model, layout, loaded.name)
+    parts = parameter_parts(loaded.model, layout)
+    head = [loaded.model.get_parameter(n) for n, part in parts.items() if part == "head"]
     result = train(
         model,
         loaded.tokenizer,
@@ -175,6 +191,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         hold_zero=hold_zero,
         on_step=on_step,
         progress=progress,
+        head=head,
     )
     record: dict[str, Any] = {
         "format": RUN_FORMAT,
@@ -188,7 +205,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         "model": loaded.name,
         "layout_hash": layout.hash,
         "basis": None,
-        "data": {**task.describe(), "split_seed": spec.split_seed},
+        "data": {**task.describe(), "split_seed": spec.split_seed, "eval_split": spec.eval_split},
         "train": {**spec.train.to_dict(), **result.to_dict()},
         "hold_zero": held_info,
         "trajectory": store.url if store is not None else None,
@@ -303,7 +320,8 @@ def restore(
 
     record = read_run(path)
     saved = read_subspace_manifest(os.path.join(path, "subspace"))
-    config = SubspaceConfig.from_dict(saved["config"])
+    # Runs saved before theta_scale existed were trained with the paper's plain V theta.
+    config = SubspaceConfig.from_dict({"theta_scale": "none", **saved["config"]})
     if basis_dtype is not None:
         config = dataclasses.replace(config, basis_dtype=basis_dtype)
     ref = saved["basis"]

@@ -37,6 +37,8 @@ class BasisSource(Protocol):
 
     def load(self, layer: str) -> np.ndarray: ...
 
+    def extent(self, layer: str) -> np.ndarray | None: ...
+
     def reference(self) -> dict[str, Any]: ...
 
     def check_layout(self, layout: Layout) -> None: ...
@@ -111,6 +113,9 @@ class StoreBasisSource:
     def load(self, layer: str) -> np.ndarray:
         return self.store.load(layer)
 
+    def extent(self, layer: str) -> np.ndarray | None:
+        return _extent(self.store.layer(layer).extent, self.shape(layer)[1])
+
     def check_layout(self, layout: Layout) -> None:
         stored = self.store.layout
         if stored is not None:
@@ -128,6 +133,15 @@ class StoreBasisSource:
     def reference(self) -> dict[str, Any]:
         shas = {n: i.sha256 for n, i in self.store.layers.items()}
         return basis_reference(self, shas, self.origin)
+
+
+def _extent(values, rank: int) -> np.ndarray | None:
+    """The trajectory's recorded extent along each direction of a layer, or None when the basis
+    records none that fit (bases computed before it was recorded)."""
+    if not values or len(values) != rank:
+        return None
+    s = np.asarray(values, dtype=np.float64)
+    return s if np.all(np.isfinite(s)) and np.all(s > 0) else None
 
 
 def _task_from_manifest(m: Mapping) -> str | None:
@@ -196,6 +210,9 @@ class RegistryBasisSource:
         self.shape(layer)
         return self.pulled.array(layer)
 
+    def extent(self, layer: str) -> np.ndarray | None:
+        return _extent(self._layers[layer].get("extent"), self.shape(layer)[1])
+
     def check_layout(self, layout: Layout) -> None:
         layout.check_compatible(self.client.task_layout(self.task), "basis layout")
         _check_shapes(self, layout)
@@ -232,6 +249,9 @@ class RandomBasisSource:
 
     def load(self, layer: str) -> np.ndarray:
         return self._bases[layer].numpy()
+
+    def extent(self, layer: str) -> np.ndarray | None:
+        return None  # a generated basis has no trajectory to measure
 
     def check_layout(self, layout: Layout) -> None:
         _check_shapes(self, layout)

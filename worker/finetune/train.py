@@ -1,10 +1,11 @@
 """A plain torch training loop shared by every method, so their numbers compare.
 
 AdamW with a linear decay (the defaults of the Transformers example script the paper used:
-lr 5e-5, no warmup, no weight decay, gradient clipping at 1.0), two parameter groups: the
-subspace vectors (names containing ``subspace_``) at ``theta_lr`` (0.01 in the paper) and
-everything else that trains (embeddings, head, or all parameters for ``full``) at ``lr``.
-Seeds fix dropout, the data order and any freshly initialized head.
+lr 5e-5, no warmup, no weight decay, gradient clipping at 1.0), up to three parameter groups:
+the subspace vectors (names containing ``subspace_``) at ``theta_lr`` (0.01 in the paper), the
+head (pooler and classifier, freshly initialized: it has to travel from its init, so it gets its
+own ``head_lr``) and everything else that trains (embeddings, or all parameters for ``full``) at
+``lr``. Seeds fix dropout, the data order and any freshly initialized head.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -42,12 +43,20 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 64
     device: str = "auto"  # auto | cpu | cuda
+    # Learning rate of the head (pooler, classifier); None trains it at `lr`.
+    head_lr: float | None = None
+    # Learning curve: evaluate on a held-out split every this many steps (None: only at the end).
+    eval_every: int | None = None
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.batch_size < 1 or self.epochs < 1 or self.max_length < 2:
             raise InvalidInput(
                 "lr must be positive, batch_size and epochs at least 1, max_length at least 2"
             )
+        if self.head_lr is not None and not self.head_lr > 0:
+            raise InvalidInput(f"head_lr must be positive, got {self.head_lr}")
+        if self.eval_every is not None and self.eval_every < 1:
+            raise InvalidInput(f"eval_every must be at least 1, got {self.eval_every}")
         if self.max_steps is not None and self.max_steps < 1:
             raise InvalidInput(f"max_steps must be at least 1, got {self.max_steps}")
         if not 0 <= self.warmup_ratio < 1:
@@ -67,6 +76,8 @@ class TrainResult:
     metrics: dict[str, float]
     eval_seconds: float
     trainable: dict[str, int] = field(default_factory=dict)
+    # (step, held-out metrics) at every cfg.eval_every steps: the learning curve.
+    curve: list[dict] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {
@@ -77,6 +88,8 @@ class TrainResult:
             "first_loss": self.losses[0] if self.losses else None,
             "last_loss": float(np.mean(self.losses[-10:])) if self.losses else None,
             "trainable": self.trainable,
+            "losses": [round(x, 5) for x in self.losses],
+            "curve": self.curve,
         }
 
 
@@ -108,16 +121,34 @@ def is_subspace_param(name: str) -> bool:
 
 
 def param_groups(
-    model: nn.Module, lr: float, theta_lr: float, weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    theta_lr: float,
+    weight_decay: float = 0.0,
+    *,
+    head_lr: float | None = None,
+    head: Iterable[nn.Parameter] = (),
 ) -> list[dict]:
-    """Two optimizer groups: subspace vectors at theta_lr, other trainable parameters at lr."""
-    theta, rest = [], []
+    """Optimizer groups: subspace vectors at theta_lr, the `head` parameters at head_lr (when
+    given), every other trainable parameter at lr."""
+    head_ids = {id(p) for p in head} if head_lr is not None else set()
+    theta, heads, rest = [], [], []
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (theta if is_subspace_param(name) else rest).append(p)
+        if not p.requires_grad:
+            continue
+        if is_subspace_param(name):
+            theta.append(p)
+        elif id(p) in head_ids:
+            heads.append(p)
+        else:
+            rest.append(p)
     groups = []
     if theta:
         groups.append({"params": theta, "lr": theta_lr, "weight_decay": 0.0, "name": "theta"})
+    if heads:
+        groups.append(
+            {"params": heads, "lr": head_lr, "weight_decay": weight_decay, "name": "head"}
+        )
     if rest:
         groups.append({"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "base"})
     if not groups:
@@ -220,11 +251,15 @@ def train(
     on_step: Callable[[int, float, float], None] | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     evaluate_at_end: bool = True,
+    head: Iterable[nn.Parameter] = (),
+    curve_examples: Examples | None = None,
 ) -> TrainResult:
     """Train `model` on task.train for cfg.max_steps (or cfg.epochs), then evaluate on dev.
 
     on_step(step, epoch, loss) runs after every optimizer step (trajectory recording);
-    progress(phase, done, total) drives a progress bar.
+    progress(phase, done, total) drives a progress bar. head: the parameters trained at
+    cfg.head_lr. curve_examples: the held-out split of the learning curve (cfg.eval_every;
+    default task.dev).
     """
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
@@ -233,9 +268,10 @@ def train(
     n = len(task.train)
     per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or cfg.epochs * per_epoch
-    optimizer = torch.optim.AdamW(
-        param_groups(model, cfg.lr, theta_lr, cfg.weight_decay), lr=cfg.lr
+    groups = param_groups(
+        model, cfg.lr, theta_lr, cfg.weight_decay, head_lr=cfg.head_lr, head=list(head)
     )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
     warmup = int(cfg.warmup_ratio * total)
 
     def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 (HF default)
@@ -249,6 +285,18 @@ def train(
     labels_dtype = torch.float32 if task.problem == "regression" else torch.long
     trainable = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
+    curve: list[dict] = []
+    held_out = curve_examples if curve_examples is not None else task.dev
+    eval_time = 0.0
+
+    def point(at: int) -> None:
+        nonlocal eval_time
+        e0 = time.perf_counter()
+        curve.append({"step": at, **evaluate(model, tokenizer, task, cfg, held_out)})
+        eval_time += time.perf_counter() - e0
+
+    if cfg.eval_every:
+        point(0)
     t0 = time.perf_counter()
     step = 0
     try:
@@ -280,10 +328,13 @@ def train(
                     on_step(step, step / per_epoch, value)
                 if progress is not None:
                     progress("train", step, total)
+                if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
+                    point(step)
     finally:
         if held is not None:
             held.remove()
-    seconds = time.perf_counter() - t0
+    # Learning-curve evaluations are not training time.
+    seconds = time.perf_counter() - t0 - eval_time
     t1 = time.perf_counter()
     metrics = evaluate(model, tokenizer, task, cfg) if evaluate_at_end else {}
     return TrainResult(
@@ -291,6 +342,7 @@ def train(
         seconds=seconds,
         losses=losses,
         metrics=metrics,
-        eval_seconds=time.perf_counter() - t1,
+        eval_seconds=time.perf_counter() - t1 + eval_time,
         trainable=count_trainable(model),
+        curve=curve,
     )

@@ -31,7 +31,7 @@ from storage.basis import BasisStore, BasisWriter
 from storage.errors import Conflict, InvalidInput
 from storage.trajectory import TrajectoryStore
 from worker.executors import Executor, LocalExecutor
-from worker.svd.gram import DEFAULT_RCOND, SmallSolve, check_mode, solve_gram
+from worker.svd.gram import SmallSolve, check_mode, resolve_rcond, solve_gram
 from worker.svd.randomized import SketchParams, Target, randomized_on_executor
 from worker.svd.sources import make_sources, select_rows
 from worker.svd.tasks import (
@@ -91,7 +91,7 @@ def compute_bases(
     groups: Sequence[str] | None = None,
     executor: Executor | None = None,
     block_cols: int = DEFAULT_BLOCK_COLS,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     device: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     overwrite: bool = False,
@@ -113,6 +113,8 @@ def compute_bases(
     if method not in METHODS:
         raise InvalidInput(f"method {method!r} is not one of {list(METHODS)}")
     params = SketchParams(oversample, power_iters, seed) if method == "randomized" else None
+    # Resolved here so the manifest records the cut that was applied.
+    rcond = resolve_rcond(mode, rcond, factored=params is None)
     if not sources or not requests:
         raise InvalidInput("nothing to compute: no sources or no bases requested")
     _check_outputs(requests, overwrite)
@@ -236,6 +238,7 @@ def compute_bases(
                         "energy": per_group[g].energy.tolist(),
                         "total_energy": per_group[g].total_energy,
                         "sha256": sha_of[(w.url, g)],
+                        **_extent(per_group[g]),
                     }
                     for g in group_names
                 }
@@ -277,6 +280,12 @@ def compute_bases(
             executor.close()
 
 
+def _extent(solve: SmallSolve) -> dict:
+    """The trajectory's extent along each direction (theta's scale under the default training
+    rule), where the kernel could measure it."""
+    return {} if solve.extent is None else {"extent": solve.extent.tolist()}
+
+
 def _solve_all(
     grams: dict,
     group_names: list[str],
@@ -306,6 +315,7 @@ def _solve_all(
                     energy=sol.energy,
                     total_energy=sol.total_energy,
                     requested_rank=req.k,
+                    extent=sol.extent,
                 )
             out.append(per)
         else:

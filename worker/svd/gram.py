@@ -46,7 +46,25 @@ from worker.executors.local import LocalExecutor
 from worker.svd.backend import Products, RowBlock
 
 MODES = ("raw", "delta", "centered")
-DEFAULT_RCOND = 1e-5
+# Singular values at or below rcond * sigma_1 are dropped, per mode: the cut keeps every
+# direction the kernel computes accurately. delta/centered go through eigh of the Gram, whose
+# error on a vector grows as (sigma_1/sigma_i)^2 eps64 (measured on a 1e7 spectrum: 2.9e-4 rad at
+# 1e-5, 5.8e-3 below 1e-6 in delta mode; 1.1e-3 and 3.6e-2 centered). raw solves through a
+# factor (see `shifted_factor`): every vector of a spectrum reaching 1e-6 within 7.5e-5 rad, and
+# all 32 directions of a real MiniLM trajectory (down to 5e-6) within 8e-6 rad, where the old
+# common cut of 1e-5 dropped 3 to 19 of them.
+RCOND = {"raw": 1e-7, "delta": 1e-5, "centered": 1e-5}
+
+
+def resolve_rcond(mode: str, rcond: float | None, *, factored: bool = True) -> float:
+    """The cutoff to use: the one given, or the mode's default (`RCOND`). factored=False: raw
+    rows decomposed without the shift row (eigh of their Gram) or by the randomized route,
+    whose accuracy is that of the Gram route, so they get the delta cut."""
+    if rcond is None:
+        return RCOND[check_mode(mode) if factored else "delta"]
+    if not 0 <= rcond < 1:
+        raise InvalidInput(f"rcond must be in [0, 1), got {rcond}")
+    return float(rcond)
 
 
 def check_mode(mode: str) -> str:
@@ -64,6 +82,9 @@ class SmallSolve:
     energy: np.ndarray  # (k,) float64: fraction of total squared norm per component
     total_energy: float
     requested_rank: int
+    # (k,) RMS over the basis' rows of their motion from theta0 along each v_k (see
+    # `motion_extent`); None where it cannot be had from the small side alone.
+    extent: np.ndarray | None = None
 
     @property
     def rank(self) -> int:
@@ -129,13 +150,21 @@ def keep_count(s: np.ndarray, k: int, rcond: float) -> int:
     return min(k, int(np.count_nonzero(s > rcond * s[0])))
 
 
+def motion_extent(u: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """RMS over rows of the coordinates U S of a basis' rows on its vectors: the trajectory's
+    own extent along each v_k, when the rows are motions from theta0 (delta mode) or from their
+    mean (centered mode). u: (n, k) left singular vectors, unit columns, so this is s_k
+    sqrt(mean_i u_ik^2) = s_k / sqrt(n) exactly; kept general for the randomized route."""
+    return s * np.sqrt(np.mean(u**2, axis=0))
+
+
 def solve_gram(
     g: np.ndarray,
     k: int,
     *,
     mode: str = "raw",
     members: np.ndarray | None = None,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     augmented: bool = False,
 ) -> SmallSolve:
     """The SVD of the chosen rows from their Gram, and the pass-2 matrix.
@@ -147,6 +176,7 @@ def solve_gram(
     Returns m with V = Z^T m.
     """
     check_mode(mode)
+    rcond = resolve_rcond(mode, rcond, factored=augmented or mode != "raw")
     if not np.all(np.isfinite(g)):
         raise InvalidInput("the trajectory holds NaN or Inf values; its Gram is not finite")
     n_all = g.shape[0] - int(augmented)
@@ -168,7 +198,25 @@ def solve_gram(
     s = s[:keep]
     m = t.T @ (u / s)  # (n_all [+1], keep)
     energy = (s**2) / total if total > 0 else np.zeros_like(s)
-    return SmallSolve(m=m, singular_values=s, energy=energy, total_energy=total, requested_rank=k)
+    if augmented:
+        # The raw rows are theta0 + motion, and v_1 is nearly theta0's own direction: the extent
+        # that matters is the motion's. The computed rows X = W - 1 theta0^T are the motions, and
+        # their coordinates X V = Gram(Z)[:n] m come from the small side alone.
+        idx = np.arange(n_all) if members is None else np.asarray(members, dtype=np.int64)
+        coords = (g @ m)[:n_all][idx]
+        extent = np.sqrt(np.mean(coords**2, axis=0))
+    elif mode == "raw":
+        extent = None  # raw rows with no theta0 to measure motion from
+    else:
+        extent = motion_extent(u, s)
+    return SmallSolve(
+        m=m,
+        singular_values=s,
+        energy=energy,
+        total_energy=total,
+        requested_rank=k,
+        extent=extent,
+    )
 
 
 def shifted_factor(g: np.ndarray) -> np.ndarray:
@@ -213,7 +261,7 @@ def gram_basis(
     *,
     mode: str = "raw",
     ref_row: int | None = 0,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     device: str | None = None,
     workers: int | None = None,
 ) -> Basis:

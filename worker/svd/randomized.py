@@ -38,7 +38,6 @@ from storage.errors import InvalidInput
 from worker.executors.base import Executor, tree_reduce
 from worker.svd.backend import Products
 from worker.svd.gram import (
-    DEFAULT_RCOND,
     Basis,
     SmallSolve,
     check_mode,
@@ -47,6 +46,8 @@ from worker.svd.gram import (
     fix_signs,
     keep_count,
     member_chunks,
+    motion_extent,
+    resolve_rcond,
     row_transform,
 )
 from worker.svd.sketch import (
@@ -106,7 +107,7 @@ def randomized_solves(
     *,
     mode: str,
     params: SketchParams,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     augmented: bool = False,
 ) -> dict[Hashable, list[SmallSolve]]:
     """Drive the sketch, power and Rayleigh-Ritz passes for several bases at once.
@@ -119,6 +120,7 @@ def randomized_solves(
     side. Returns, per key, one SmallSolve per target (V = Z^T m), like `gram.solve_gram`.
     """
     check_mode(mode)
+    rcond = resolve_rcond(mode, rcond, factored=False)
     ts = [row_transform(n, tg.members, mode, augmented=augmented) for tg in targets]
     for tg, t in zip(targets, ts, strict=True):
         check_rank(tg.k, t.shape[0])
@@ -156,6 +158,7 @@ def randomized_solves(
                 targets[r].k,
                 totals[key][r],
                 rcond,
+                extent=mode != "raw",
             )
             for r in range(len(ts))
         ]
@@ -199,7 +202,7 @@ def _totals(part: SketchPart, members, mode: str, augmented: bool) -> list[float
     return out
 
 
-def _ritz(c, q, t, k: int, total: float, rcond: float) -> SmallSolve:
+def _ritz(c, q, t, k: int, total: float, rcond: float, extent: bool = True) -> SmallSolve:
     """Rayleigh-Ritz on span(T^T Q): C = B B^T, B = Q^T T X."""
     c = (c + c.T) / 2
     lam, ub = np.linalg.eigh(c)
@@ -210,7 +213,15 @@ def _ritz(c, q, t, k: int, total: float, rcond: float) -> SmallSolve:
     s = s[:keep]
     m = t.T @ (u / s)
     energy = (s**2) / total if total > 0 else np.zeros_like(s)
-    return SmallSolve(m=m, singular_values=s, energy=energy, total_energy=total, requested_rank=k)
+    return SmallSolve(
+        m=m,
+        singular_values=s,
+        energy=energy,
+        total_energy=total,
+        requested_rank=k,
+        # Raw rows carry theta0, whose coordinates the sketch does not keep apart.
+        extent=motion_extent(u, s) if extent else None,
+    )
 
 
 # --------------------------------------------------------------------------- entry points
@@ -224,7 +235,7 @@ def randomized_basis(
     power_iters: int = 2,
     seed: int = 0,
     chunk_cols: int = 1 << 18,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     device: str | None = None,
     group: str = "",
 ) -> Basis:
@@ -275,7 +286,7 @@ def randomized_on_executor(
     *,
     mode: str,
     params: SketchParams,
-    rcond: float = DEFAULT_RCOND,
+    rcond: float | None = None,
     augmented: bool = False,
     progress: Callable[[str, int], Callable[[int], None]] | None = None,
 ) -> dict[Hashable, list[SmallSolve]]:

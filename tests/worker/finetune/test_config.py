@@ -5,9 +5,14 @@ from worker.finetune.config import SubspaceConfig
 from worker.finetune.train import TrainConfig
 
 
-def test_defaults_follow_the_paper():
+def test_defaults_follow_the_paper_but_for_the_theta_rule():
     cfg = SubspaceConfig()
-    assert (cfg.ensemble, cfg.theta_lr, cfg.init) == (16, 0.01, "random")
+    assert (cfg.ensemble, cfg.init) == (16, "random")
+    # theta in the trajectory's units (issue 11); the paper's rule stays one setting away
+    assert (cfg.theta_scale, cfg.theta_lr) == ("extent", 0.2)
+    assert SubspaceConfig(theta_scale="none", theta_lr=0.01).theta_scale == "none"
+    with pytest.raises(InvalidInput, match="theta_scale"):
+        SubspaceConfig(theta_scale="sigma")
     assert cfg.train_parts == ("embeddings", "head") and cfg.scope == "layer"
     assert SubspaceConfig.from_dict(cfg.to_dict()) == cfg
 

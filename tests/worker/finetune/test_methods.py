@@ -79,8 +79,11 @@ def test_every_method_lowers_the_loss(method, bases):
     "method", ["intrinsic", "transfer", "unified", "zeroshot", "global", "random", "fastfood"]
 )
 def test_the_subspace_alone_lowers_the_loss(method, bases):
-    """Only theta trains (no embeddings, no head): the drop comes from V theta."""
+    """Only theta trains (no embeddings, no head): the drop comes from V theta. Plain V theta
+    (theta_scale none): this tests the directions, at one large lr for every basis; the default
+    rule's steps are the tiny trajectory's own size (tests/worker/finetune/test_theta_rule.py)."""
     cfg = SubspaceConfig(
+        theta_scale="none",
         train_parts=(),
         init="zeros",
         dim=None if method in ("intrinsic", "transfer", "unified", "zeroshot", "global") else 4,
@@ -169,6 +172,10 @@ class _ShortLayer:
     def load(self, layer):
         v = self._s.load(layer)
         return v[:, :-1] if layer == self._short else v
+
+    def extent(self, layer):
+        s = self._s.extent(layer)
+        return s[:-1] if layer == self._short else s
 
 
 def test_a_rank_deficient_layer_keeps_all_its_columns(bases):

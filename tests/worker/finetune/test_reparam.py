@@ -43,16 +43,50 @@ def test_theta_zero_with_a_stored_basis(arch, tmp_path):
         assert resid.norm() < 1e-5 * max(1.0, u.norm())
 
 
-def test_update_is_v_times_the_ensemble_mean(tmp_path):
+@pytest.mark.parametrize("rule", ["extent", "none"])
+def test_update_is_v_times_the_ensemble_mean(tmp_path, rule):
+    """V diag(extent) mean(theta) under the default rule, the paper's V mean(theta) with none."""
     basis = task_basis_for(lambda: make_model("bert", seed=1), tmp_path, k=4)
-    wrapped = prepare(
-        "intrinsic", make_model("bert"), SubspaceConfig(ensemble=5), source=StoreBasisSource(basis)
-    )
+    cfg = SubspaceConfig(ensemble=5, theta_scale=rule)
+    wrapped = prepare("intrinsic", make_model("bert"), cfg, source=StoreBasisSource(basis))
+    assert wrapped.subspace_reference["theta_scale"] == rule
     for g, u in wrapped.updates().items():
         theta = wrapped.subspace_theta[g.replace(".", "_")]
         assert theta.shape == (5, 4)
         v = torch.from_numpy(basis.load(g))
-        torch.testing.assert_close(u, v @ theta.detach().mean(0), rtol=0, atol=1e-6)
+        extent = torch.tensor(basis.layer(g).extent, dtype=torch.float32)
+        scale = extent if rule == "extent" else torch.ones(4)
+        want = v @ (scale * theta.detach().mean(0))
+        torch.testing.assert_close(u, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("mode", ["delta", "raw", "centered"])
+def test_the_recorded_extent_is_the_trajectory_motion_along_each_direction(tmp_path, mode):
+    """extent_k = RMS over the basis' rows of their motion along v_k: from theta0 (delta, raw;
+    in raw mode v_1 is theta0's own direction, yet the extent is the motion's) or from their
+    mean (centered, PCA). In delta mode it is sigma_k / sqrt(t), and theta = sqrt(t) u_i (order
+    1) reaches checkpoint i exactly: theta is in the trajectory's own units."""
+    from tests.worker.finetune.helpers import record_trajectory
+    from worker.svd.bases import task_basis
+
+    traj = record_trajectory(make_model("bert", seed=1), str(tmp_path / "traj"), steps=4)
+    k = 3 if mode == "centered" else 4  # centring 4 rows leaves rank 3
+    out = str(tmp_path / "b")
+    basis = StoreBasisSource.open(task_basis(traj.url, out, k, mode=mode).bases[0].url).store
+    for g in basis.layer_names:
+        rows = np.stack([traj.read_row(i, g) for i in range(traj.num_rows)]).astype(np.float64)
+        motion = rows[1:] - (rows[1:].mean(0) if mode == "centered" else rows[0])
+        v = basis.load(g).astype(np.float64)
+        coords = motion @ v  # (t, k)
+        want = np.sqrt(np.mean(coords**2, axis=0))
+        np.testing.assert_allclose(basis.layer(g).extent, want, rtol=1e-4)
+        if mode == "delta":
+            sigma = np.asarray(basis.layer(g).singular_values)
+            np.testing.assert_allclose(basis.layer(g).extent, sigma / 2.0, rtol=1e-6)
+            u = coords / sigma  # (t, k): the left singular vectors
+            np.testing.assert_allclose(u.T @ u, np.eye(4), atol=1e-4)
+            step = (v * want) @ (2.0 * u[-1])  # theta = sqrt(t) u_t
+            np.testing.assert_allclose(step, motion[-1], atol=1e-5 * np.abs(motion).max())
 
 
 def test_global_scope_shares_one_theta(tmp_path):
@@ -64,8 +98,11 @@ def test_global_scope_shares_one_theta(tmp_path):
     theta = wrapped.subspace_theta["encoder"].detach().mean(0)
     stacked = np.concatenate([basis.load(g) for g in basis.layer_names])
     np.testing.assert_allclose(stacked.T @ stacked, np.eye(3), atol=1e-5)  # one global basis
+    # The global extent (recorded with every layer) scales the one shared theta.
+    extent = torch.tensor(basis.layer(basis.layer_names[0]).extent, dtype=torch.float32)
     for g, u in wrapped.updates().items():
-        torch.testing.assert_close(u, torch.from_numpy(basis.load(g)) @ theta, atol=1e-6, rtol=0)
+        want = torch.from_numpy(basis.load(g)) @ (extent * theta)
+        torch.testing.assert_close(u, want, rtol=1e-5, atol=1e-6 * float(want.abs().max()))
 
 
 @pytest.mark.parametrize(
