@@ -57,11 +57,32 @@ def to_record(job: Job, run: dict[str, Any]) -> dict[str, Any]:
         "run_dir": job.spec.out,
         **job.meta,
     }
+    if train.get("curve"):
+        record["curve"] = train["curve"]
+    if train.get("losses"):
+        record["losses"] = _thin(train["losses"])
+    if run.get("theta"):
+        record["theta"] = {
+            layer: {k: v for k, v in row.items() if k in THETA_FIELDS}
+            for layer, row in run["theta"].items()
+        }
     if run.get("outliers"):
         record["outliers"] = {**run["outliers"], **_layer_stats(job.spec.out)}
     if run.get("hold_zero"):
         record["held_zero"] = run["hold_zero"]["count"]
     return record
+
+
+THETA_FIELDS = ("theta_abs", "coord_abs", "update_norm", "relative_update")
+MAX_LOSSES = 400
+
+
+def _thin(losses: list[float]) -> list[float]:
+    """At most MAX_LOSSES points: the ledger keeps a learning curve, not every step."""
+    if len(losses) <= MAX_LOSSES:
+        return [round(float(x), 5) for x in losses]
+    idx = [round(i * (len(losses) - 1) / (MAX_LOSSES - 1)) for i in range(MAX_LOSSES)]
+    return [round(float(losses[i]), 5) for i in idx]
 
 
 def free_params(run: dict[str, Any]) -> int:

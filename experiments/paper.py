@@ -4,20 +4,24 @@ al.'s d90, as one resumable experiment through our own store, kernels and fine-t
 Phases, each resumable on its own:
 
 ==========  ==================================================================================
-trajectory  full fine-tuning (first seed) per task, t rows recorded into a trajectory store
-bases       per task: delta (t), raw and centered (modes_dim), global; unified and zero-shot
-table1      full (other seeds), freeze, random and intrinsic at dim          (Table 1)
+tune        every lr chosen on a tuning split, then the gate (experiments/tune.py)
+trajectory  full fine-tuning per task over trajectory_steps, seed tune_seed, t rows recorded
+bases       per task: delta (t), raw (dim), centered (modes_dim), global; unified and zero-shot
+diagnostics spectrum, trajectory extent, oracle curve (experiments/analysis.py)
+table1      full, freeze, random and intrinsic at dim                        (Table 1)
 transfer    each task in each other task's basis                             (Figure 2)
 unified     unified and zero-shot bases                                      (Table 2)
 ablation    intrinsic at each ablation dim                                   (Tables 5, 6)
 scope       global basis vs layer-wise at equal free parameters              (new)
-modes       raw / delta / centered bases side by side                        (new)
-disable     full fine-tuning with outlier (or random) weights held at zero   (Table 3)
+modes       raw / delta / centered side by side; the paper-protocol raw runs (new)
+disable     full fine-tuning with outlier weights (and controls) held at 0   (Table 3)
+outliers    where the outliers sit; Table 3 zeroed in the finished models    (new)
 d90         d90 searches                                                     (Aghajanyan et al.)
 theta_lr    Table 1's intrinsic runs at the paper's theta lr (0.01)          (setup check)
 ==========  ==================================================================================
 
-DIR gets runs.jsonl, config.json, phases.json, d90.json, report.md and the figures; the large
+DIR gets runs.jsonl, config.json, phases.json, tuning.json, diagnostics.json, outliers.json,
+d90.json, report.md and the figures; the large
 intermediate data (trajectories, bases, run folders) lives in the work folder (DIR/work by
 default) and is never needed again once the report is written.
 """
@@ -33,11 +37,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from experiments import analysis
 from experiments.config import PaperConfig
 from experiments.d90 import D90Search
 from experiments.ledger import Ledger
 from experiments.plan import DEV_FRACTION, Paths, Planner
 from experiments.scheduler import BudgetSpent, Scheduler
+from experiments.tune import NEEDS_BASIS, SEARCHES, Tuning, majority_score
 from storage.errors import InvalidInput
 
 log = logging.getLogger(__name__)
@@ -69,13 +75,14 @@ class PaperExperiment:
         self.cfg = cfg
         self.out = Path(out)
         self.paths = Paths(Path(work) if work else self.out / "work")
-        self.planner = Planner(cfg, self.paths)
         self.progress = progress
         self.command = command
         self.deadline = None if budget_minutes is None else time.time() + 60 * budget_minutes
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_config()
         self.ledger = Ledger(self.out)
+        self.tuning = Tuning(self.out, cfg)
+        self.planner = Planner(cfg, self.paths, self.tuning.values())
 
     # ------------------------------------------------------------------ bookkeeping
     def _check_config(self) -> None:
@@ -128,6 +135,32 @@ class PaperExperiment:
             return body()
         finally:
             self._add_phase_time(name, time.time() - started, scheduler)
+
+    def _tune(self, scheduler: Scheduler, names: tuple[str, ...]) -> None:
+        """Choose each open setting of `names` on the tuning split, in order (each search runs
+        with the values chosen before it); the gate follows the head search."""
+        for name, method in SEARCHES:
+            if name not in names or getattr(self.cfg, name) is not None:
+                continue
+            grid = getattr(self.cfg, f"{name}_grid")
+            scores: dict[float, dict[str, float]] = {}
+            for value in grid:
+                jobs = self.planner.tune(name, value)
+                records = scheduler.run("tune", jobs)
+                scores[value] = {r["task"]: r["score"] for r in records}
+            dim = self.cfg.dim if method in ("intrinsic", "random") else None
+            self.tuning.record(name, method, dim, scores)
+            self.planner.lrs = self.tuning.values()
+            if name == "head_lr":
+                self._gate(scores[self.tuning.value("head_lr")])
+        self._set_config_extra(chosen=self.tuning.values())
+
+    def _gate(self, freeze: dict[str, float]) -> None:
+        from experiments.analysis import _task_data
+
+        tasks = {t: _task_data(self.cfg, t) for t in freeze}
+        majority = {t: majority_score(d.metric, d.tune.labels) for t, d in tasks.items()}
+        self.tuning.gate(freeze, majority, {t: d.metric for t, d in tasks.items()})
 
     def _trajectories(self, scheduler: Scheduler, tasks: list[str]) -> None:
         jobs = [j for j in self.planner.trajectories() if j.spec.task in tasks]
@@ -271,10 +304,16 @@ class PaperExperiment:
         when the budget ends first; running again resumes."""
         cfg, planner = self.cfg, self.planner
         tasks = list(cfg.tasks)
+        early = tuple(n for n, _ in SEARCHES if n not in NEEDS_BASIS)
         try:
             with self._scheduler() as sch:
+                self._phase("tune", sch, lambda: self._tune(sch, early))
                 self._phase("trajectory", sch, lambda: self._trajectories(sch, tasks))
                 self._phase("bases", sch, lambda: self._bases(tasks))
+                self._phase("tune", sch, lambda: self._tune(sch, NEEDS_BASIS))
+                self._phase(
+                    "diagnostics", sch, lambda: analysis.diagnose(self.out, planner, self._tick)
+                )
                 layers = self._layers()
                 static = {
                     "table1": planner.table1,
@@ -287,6 +326,9 @@ class PaperExperiment:
                 }
                 for name, jobs in static.items():
                     self._phase(name, sch, lambda name=name, jobs=jobs: sch.run(name, jobs()))
+                self._phase(
+                    "outliers", sch, lambda: analysis.outliers(self.out, planner, self._tick)
+                )
                 pairs = [(t, m) for t in tasks for m in cfg.d90_methods]
                 self._phase("d90", sch, lambda: self._d90(sch, pairs))
                 self._phase("theta_lr", sch, lambda: sch.run("theta_lr", planner.theta_lr()))
@@ -305,10 +347,14 @@ class PaperExperiment:
             raise InvalidInput(f"task {task!r} is not among this experiment's {self.cfg.tasks}")
         if method not in D90_METHODS:
             raise InvalidInput(f"unknown d90 method {method!r}; use {list(D90_METHODS)}")
+        names = tuple(n for n, _ in SEARCHES if n not in NEEDS_BASIS)
+        every = list(self.cfg.tasks)  # the lr searches average over every task
         with self._scheduler() as sch:
-            self._phase("trajectory", sch, lambda: self._trajectories(sch, [task]))
+            self._phase("tune", sch, lambda: self._tune(sch, names))
             if method == "intrinsic":
-                self._phase("bases", sch, lambda: self._bases([task], everything=False))
+                self._phase("trajectory", sch, lambda: self._trajectories(sch, every))
+                self._phase("bases", sch, lambda: self._bases(every, everything=False))
+                self._phase("tune", sch, lambda: self._tune(sch, NEEDS_BASIS))
             fulls = [j for j in self.planner.table1() if j.spec.task == task]
             fulls = [j for j in fulls if j.spec.method in ("full", "freeze")]
             self._phase("table1", sch, lambda: sch.run("table1", fulls))

@@ -11,16 +11,20 @@ Ids: ``{method}/{task}/{variant}/d{dim}/s{seed}``, e.g. ``intrinsic/trec6/delta/
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from experiments.config import PaperConfig
+from experiments.config import DISABLE_MODES, PaperConfig
+from experiments.tune import SEARCHES
+from storage.errors import InvalidInput
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.runner import RunSpec
 from worker.finetune.train import TrainConfig
 
 # The split is fixed by split_seed; 15% dev leaves at least 500 dev examples for every task.
+# The tuning split (cfg.tune_fraction) is carved after dev: dev is the same with or without it.
 DEV_FRACTION = 0.15
 MODES = ("raw", "delta", "centered")
 
@@ -63,9 +67,23 @@ class Job:
 
 
 class Planner:
-    def __init__(self, cfg: PaperConfig, paths: Paths) -> None:
+    """Jobs of every phase. lrs: the learning rates phase tune chose (experiments.tune), for
+    the settings the config leaves open (None); a fixed config value wins."""
+
+    def __init__(
+        self, cfg: PaperConfig, paths: Paths, lrs: Mapping[str, float | None] | None = None
+    ) -> None:
         self.cfg = cfg
         self.paths = paths
+        self.lrs = dict(lrs or {})
+
+    def setting(self, name: str) -> float:
+        value = getattr(self.cfg, name)
+        if value is None:
+            value = self.lrs.get(name)
+        if value is None:
+            raise InvalidInput(f"{name} is not chosen yet: phase tune chooses it first")
+        return float(value)
 
     # ------------------------------------------------------------------ one run
     def job(
@@ -87,14 +105,22 @@ class Planner:
         theta_lr: float | None = None,
         theta_scale: str = "extent",
         meta: dict[str, Any] | None = None,
+        lr: float | None = None,
+        head_lr: float | None = None,
+        steps: int | None = None,
+        eval_split: str = "dev",
+        save_model: bool = False,
+        curve: bool = False,
     ) -> Job:
         cfg = self.cfg
         label = "fastfood+said" if said else method
         run_id = f"{label}/{task}/{variant}/d{dim or 0}/s{seed}"
         if method in ("random", "fastfood"):
             theta_scale = "none"  # a generated basis has no trajectory to measure
-        if theta_lr is None:
-            theta_lr = cfg.theta_lr if theta_scale == "extent" else cfg.plain_theta_lr
+        if theta_lr is None and dim:
+            name = "theta_lr" if theta_scale == "extent" else "plain_theta_lr"
+            theta_lr = self.setting(name)
+        theta_lr = theta_lr or 0.01  # unused by full and freeze
         subspace = SubspaceConfig(
             dim=dim,
             said=said,
@@ -104,12 +130,14 @@ class Planner:
             theta_scale=theta_scale,
         )
         train = TrainConfig(
-            lr=cfg.lr,
-            head_lr=cfg.head_lr,
+            lr=self.setting("lr") if lr is None else lr,
+            head_lr=self.setting("head_lr") if head_lr is None else head_lr,
             batch_size=cfg.batch_size,
-            max_steps=cfg.steps,
+            max_steps=steps or cfg.steps,
             max_length=cfg.max_length,
             seed=seed,
+            # The first seed's runs keep a learning curve (held-out points on the tuning split).
+            eval_every=cfg.eval_every if curve or seed == cfg.seeds[0] else None,
         )
         spec = RunSpec(
             task=task,
@@ -123,6 +151,10 @@ class Planner:
             dev_fraction=DEV_FRACTION,
             train_size=cfg.train_size,
             dev_size=cfg.dev_size,
+            tune_fraction=cfg.tune_fraction,
+            tune_size=cfg.tune_size,
+            eval_split=eval_split,
+            save_model=save_model,
             record_trajectory=str(record_trajectory) if record_trajectory else None,
             record_every=cfg.record_every,
             hold_zero_from=str(hold_zero_from) if hold_zero_from else None,
@@ -152,27 +184,58 @@ class Planner:
         )
 
     # ------------------------------------------------------------------ the phases
+    def tune(self, name: str, value: float) -> list[Job]:
+        """One point of a learning-rate search (experiments.tune) on every task: scored on the
+        tuning split, seed tune_seed, with the values chosen before it."""
+        cfg = self.cfg
+        method = dict(SEARCHES)[name]
+        dim = cfg.dim if method in ("intrinsic", "random") else None
+        jobs = []
+        for task in cfg.tasks:
+            kw: dict[str, Any] = {name: value} if name in ("lr", "head_lr") else {}
+            if name in ("theta_lr", "plain_theta_lr"):
+                kw["theta_lr"] = value
+            if method == "intrinsic":
+                kw.update(basis=self.paths.task_basis(task), meta={"mode": "delta"})
+            jobs.append(
+                self.job(
+                    "tune",
+                    task,
+                    method,
+                    cfg.tune_seed,
+                    dim=dim,
+                    variant=f"tune-{name}-{value:g}",
+                    eval_split="tune",
+                    **kw,
+                )
+            )
+        return jobs
+
     def trajectories(self) -> list[Job]:
-        """Full fine-tuning of the first seed, recording t rows: also Table 1's full run."""
-        seed = self.cfg.seeds[0]
+        """Full fine-tuning recording t rows over trajectory_steps, with seed tune_seed (not an
+        evaluation seed); the model is kept for the oracle curve."""
+        cfg = self.cfg
         return [
             self.job(
                 "trajectory",
                 task,
                 "full",
-                seed,
+                cfg.tune_seed,
+                variant="trajectory",
                 record_trajectory=self.paths.trajectory(task),
+                steps=cfg.trajectory_steps,
+                save_model=True,
                 meta={"trajectory": str(self.paths.trajectory(task))},
             )
-            for task in self.cfg.tasks
+            for task in cfg.tasks
         ]
 
     def table1(self) -> list[Job]:
         cfg, jobs = self.cfg, []
         for task in cfg.tasks:
             for seed in cfg.seeds:
-                if seed != cfg.seeds[0]:
-                    jobs.append(self.job("table1", task, "full", seed))
+                # full keeps its model: Table 3 zeroes weights in it afterwards
+                jobs.append(self.job("table1", task, "full", seed, save_model=True))
                 jobs.append(self.job("table1", task, "freeze", seed))
                 jobs.append(self.job("table1", task, "random", seed, dim=cfg.dim))
                 jobs.append(self.intrinsic("table1", task, cfg.dim, seed))
@@ -299,7 +362,7 @@ class Planner:
         for task in cfg.tasks:
             for seed in cfg.seeds:
                 source = self.paper_protocol(task, seed)
-                for mode in ("outlier", "random"):
+                for mode in DISABLE_MODES:
                     jobs.append(
                         self.job(
                             "disable",

@@ -224,6 +224,14 @@ def config_with_defaults(raw: Mapping[str, Any] | PaperConfig, records: Sequence
         cfg["tasks"] = [t for t in TASKS if t in found] + sorted(found - set(TASKS))
     if "seeds" not in raw:
         cfg["seeds"] = sorted({int(r["seed"]) for r in records if _finite(r.get("seed"))}) or [0]
+    # Learning rates phase tune chose (experiments.tune) stand where the settings left them
+    # open; a folder still being tuned shows them as "not chosen yet".
+    for name, value in (cfg.get("chosen") or {}).items():
+        if cfg.get(name) is None:
+            cfg[name] = value
+    for name in ("lr", "head_lr", "theta_lr", "plain_theta_lr"):
+        if cfg.get(name) is None:
+            cfg[name] = float("nan")
     n = len(cfg["tasks"])
     cfg.setdefault("record_every", cfg["steps"] // max(1, cfg["rows"]))
     cfg.setdefault("unified_dim", min(cfg["dim"], cfg["unified_per_task"] * n))
@@ -250,7 +258,9 @@ def load_results(out_dir: str | os.PathLike) -> Results:
             f"no {RUNS_FILE} in {out}: the report is built from the finished runs of "
             f"`tinysub experiment paper --out {out}`; run that first"
         )
-    records = [r for r in read_runs(out) if _usable(r)]
+    # Tuning runs are scored on the tuning split: they chose the lrs (tuning.json shows them)
+    # and never enter a table of dev scores.
+    records = [r for r in read_runs(out) if _usable(r) and r.get("phase") != "tune"]
     notes: list[str] = []
     raw = _read_json(out / "config.json", notes, "settings below are defaults or from the runs")
     phases = _read_json(out / "phases.json", notes, "no wall-clock per phase")
@@ -936,7 +946,8 @@ def section_table3(res: Results) -> Section:
         md_table(["run", *map(task_label, res.tasks), "Avg."], rows + paper_part),
         PAPER_COLUMNS_NOTE,
     ]
-    return Section("Table 3: disabling outlier dimensions", body, [_t3(res, stats)])
+    # Its verdict (T3, both protocols with their controls) is in "Outliers, with controls".
+    return Section("Table 3: disabling outlier dimensions", body, [])
 
 
 def _held_cell(res: Results, task: str) -> str:
@@ -946,44 +957,6 @@ def _held_cell(res: Results, task: str) -> str:
     size = encoder_size(res)
     share = f" ({held.mean / size:.2%})" if size else ""
     return f"{held.mean:,.0f}{share}"
-
-
-def _t3(res: Results, stats: dict) -> Finding:
-    rnd = stats["zeroed: as many random weights"]
-    out = stats["zeroed: the outlier weights"]
-    gap = mean_gap(rnd, out)
-    f = Finding(
-        "T3",
-        "disabling outliers hurts much more than disabling as many random weights",
-        "mean over tasks of (disable-random − disable-outlier) ≥ 10 points → holds; ≥ 2 → partly",
-        verdict(gap, 10, 2),
-        measured=f"mean disable-random − disable-outlier = {_pts(gap)} points",
-        paper=f"BERT {_paper_gap(paper.TABLE3, 'BERT', 'random', 'outlier'):.1f}, RoBERTa "
-        f"{_paper_gap(paper.TABLE3, 'RoBERTa', 'random', 'outlier'):.1f} points (mean of 8)",
-    )
-    if gap is None:
-        f.reason = "needs the disable-random and disable-outlier runs"
-        return f
-    f.reason = _reason(_held_hint(res), _cost_hint(stats["full"], out), _noise_hint(gap, rnd, out))
-    return f
-
-
-def _held_hint(res: Results) -> str:
-    held = stat(r.get("held_zero") for r in res.select(disabled("outlier")))
-    size = encoder_size(res)
-    if held is None or not size:
-        return ""
-    return (
-        f"{held.mean / size:.2%} of encoder weights were held at zero "
-        f"(paper: about {paper.OUTLIER_FRACTION:.1%})"
-    )
-
-
-def _cost_hint(full: dict, out: dict) -> str:
-    cost = mean_gap(full, out)
-    if cost is None:
-        return ""
-    return f"holding the outliers at zero costs {_pts(cost)} points against unconstrained full"
 
 
 # ============================================================================ outliers
@@ -1604,6 +1577,9 @@ def _rules(findings: Sequence[Finding]) -> str:
 
 
 def render(res: Results, draw: bool = True) -> str:
+    # report_diagnostics builds on this module's tables and findings: imported here, not above.
+    from experiments.report_diagnostics import diagnostic_sections
+
     sections = [
         section_setup(res),
         section_table1(res),
@@ -1616,6 +1592,9 @@ def render(res: Results, draw: bool = True) -> str:
         section_modes(res),
         section_d90(res, draw),
         section_theta_lr(res),
+        # Tuning, spectrum, oracle, curves, theta vs extent, runs below freeze, outlier
+        # controls with T3 and T3c (experiments/report_diagnostics.py).
+        *(diagnostic_sections(res, res.out_dir, draw) if res.out_dir else []),
         section_time(res),
     ]
     findings = [f for s in sections for f in s.findings]

@@ -12,8 +12,9 @@ from storage.errors import InvalidInput
 def test_presets_are_valid_and_round_trip(name):
     cfg = preset(name)
     assert PaperConfig.from_dict(cfg.to_dict()) == cfg
-    assert cfg.steps % cfg.rows == 0
-    assert cfg.record_every * cfg.rows == cfg.steps
+    # t rows spread over the whole trajectory run, the last step included
+    assert cfg.record_every * cfg.rows == cfg.trajectory_steps
+    assert cfg.tune_seed not in cfg.seeds
 
 
 def test_default_matches_the_issue():
@@ -24,12 +25,19 @@ def test_default_matches_the_issue():
     assert cfg.ablation_dims == (8, 16, 32)
     # unified: a few checkpoints of each of the four tasks; zero-shot drops one task's share
     assert cfg.unified_dim == 32 and cfg.zeroshot_dim == 24
+    # issue 11: a trajectory long enough to converge, lrs chosen on a tuning split, a gate
+    assert cfg.trajectory_steps >= 5 * cfg.steps
+    assert None in (cfg.lr, cfg.head_lr, cfg.theta_lr, cfg.plain_theta_lr)
+    assert cfg.gate_margin and cfg.gate_margin > 0
 
 
 @pytest.mark.parametrize(
     "changes, words",
     [
-        ({"steps": 50}, "multiple of rows"),
+        ({"trajectory_steps": 50}, "multiple of rows"),
+        ({"tune_seed": 0}, "evaluation seed"),
+        ({"theta_lr_grid": ()}, "theta_lr"),
+        ({"head_lr_grid": (0.0,)}, "positive"),
         ({"dim": 64}, "exceed"),
         ({"modes_dim": 32}, "centered"),
         ({"tasks": ("trec6",)}, "two tasks"),

@@ -9,7 +9,7 @@ import pytest
 
 from client.cli.main import run as cli
 from experiments import scheduler as sched
-from experiments.config import PHASES
+from experiments.config import ANALYSIS_PHASES, PHASES
 from experiments.ledger import RUNS_FILE
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -46,8 +46,8 @@ def test_every_phase_lands_in_runs_jsonl(finished):
         "global",
         "fastfood",
     } <= methods
-    # every phase but bases (which trains nothing) lands runs
-    assert {r["phase"] for r in runs} == set(PHASES) - {"bases"}
+    # every phase but the analysis ones (which train nothing) lands runs
+    assert {r["phase"] for r in runs} == set(PHASES) - set(ANALYSIS_PHASES)
     assert len({r["id"] for r in runs}) == len(runs)
     disabled = [r for r in runs if r.get("variant", "").startswith("disable-")]
     # as many random weights held at zero as outliers (a tiny update can have none)
@@ -55,6 +55,13 @@ def test_every_phase_lands_in_runs_jsonl(finished):
     assert sum(held.values()) > 0
     for task in {t for t, _ in held}:
         assert held[(task, "disable-outlier")] == held[(task, "disable-random")]
+        assert held[(task, "disable-outlier")] == held[(task, "disable-random_matched")]
+        # the LayerNorm-gain outliers and the rest split the outliers between them
+        parts = held[(task, "disable-outlier_ln")] + held[(task, "disable-outlier_non_ln")]
+        assert parts == held[(task, "disable-outlier")]
+    # no run of the tables was scored on the tuning split, and every tuning run was
+    tuned = [r for r in runs if r["phase"] == "tune"]
+    assert tuned and all(r["seed"] == 100 for r in tuned)
     # free parameters as the paper counts them: d per layer, not the h ensemble copies
     intrinsic = next(r for r in runs if r["method"] == "intrinsic" and r["dim"] == 4)
     assert intrinsic["free_params"] == 4 * 2  # tiny-bert has 2 layers
@@ -72,7 +79,23 @@ def test_report_figures_and_side_files(finished):
         for t in ("rotten_tomatoes", "trec6", "vader_movies", "sms_spam")
         for m in ("fastfood", "intrinsic")
     }
+    tuning = json.loads((finished / "tuning.json").read_text())
+    assert tuning["split"] == "tune"
+    assert tuning["searches"]["head_lr"]["chosen"] in (1e-3, 1e-2)
+    assert set(tuning["searches"]) == {"head_lr", "theta_lr", "plain_theta_lr"}  # lr is fixed
+    assert set(tuning["gate"]) == set(d90_tasks := {s["task"] for s in d90["searches"]})
+    diag = json.loads((finished / "diagnostics.json").read_text())
+    for task in d90_tasks:
+        points = diag["oracle"][task]["points"]
+        assert [p["k"] for p in points] == [1, 2, 3, 4]  # k = 1..t
+        assert points[-1]["captured"] == pytest.approx(1.0, abs=1e-4)  # t directions hold it all
+        assert all(
+            a["captured"] <= b["captured"] + 1e-9 for a, b in zip(points, points[1:], strict=False)
+        )
+    out = json.loads((finished / "outliers.json").read_text())
+    assert set(out["posthoc"]) == d90_tasks and out["cross_task"]
     config = json.loads((finished / "config.json").read_text())
+    assert set(config["chosen"]) == {"lr", "head_lr", "theta_lr", "plain_theta_lr"}
     assert config["command"].startswith("tinysub experiment paper")
     assert config["layers"] == 2 and config["record_every"] == 2
 

@@ -7,9 +7,21 @@ from pathlib import Path
 from experiments.config import preset
 from experiments.plan import Paths, Planner
 
+# What phase tune would have chosen (experiments/tune.py); the plan reads them.
+CHOSEN = {"lr": 1e-4, "head_lr": 3e-3, "theta_lr": 0.2, "plain_theta_lr": 0.05}
+
 
 def planner(tmp_path, name="default"):
-    return Planner(preset(name), Paths(Path(tmp_path)))
+    return Planner(preset(name), Paths(Path(tmp_path)), CHOSEN)
+
+
+def test_a_setting_left_to_tuning_is_refused_until_chosen(tmp_path):
+    import pytest
+
+    from storage.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="lr is not chosen yet"):
+        Planner(preset("default"), Paths(Path(tmp_path))).table1()
 
 
 def test_ids_are_unique_and_name_the_run(tmp_path):
@@ -29,10 +41,9 @@ def test_ids_are_unique_and_name_the_run(tmp_path):
 def test_table1_counts(tmp_path):
     cfg = preset("default")
     jobs = planner(tmp_path).table1()
-    per_task = (
-        3 * len(cfg.seeds) + len(cfg.seeds) - 1
-    )  # the first seed's full run is the trajectory's
-    assert len(jobs) == per_task * len(cfg.tasks)
+    # full, freeze, random, intrinsic per seed: the trajectory is a run of its own (issue 11)
+    assert len(jobs) == 4 * len(cfg.seeds) * len(cfg.tasks)
+    assert all(j.spec.save_model for j in jobs if j.spec.method == "full")
     assert {j.spec.subspace.dim for j in jobs if j.spec.method in ("random", "intrinsic")} == {32}
 
 
@@ -70,14 +81,17 @@ def test_disabling_reads_the_outliers_of_the_same_seeds_paper_protocol_run(tmp_p
         sub = source.spec.subspace
         assert (sub.theta_scale, sub.theta_lr, sub.dim) == ("none", 0.01, p.cfg.dim)
     modes = {j.spec.hold_zero_mode for j in p.disable()}
-    assert modes == {"outlier", "random"}
+    assert modes == {"outlier", "random", "outlier_non_ln", "outlier_ln", "random_matched"}
 
 
 def test_trajectory_runs_record_t_rows(tmp_path):
     cfg = preset("default")
     jobs = planner(tmp_path).trajectories()
     assert all(j.spec.record_every * cfg.rows == j.spec.train.max_steps for j in jobs)
-    assert all(j.spec.train.seed == cfg.seeds[0] for j in jobs)
+    assert all(j.spec.train.max_steps == cfg.trajectory_steps > cfg.steps for j in jobs)
+    # recorded once per task with a seed that no table evaluates
+    assert all(j.spec.train.seed == cfg.tune_seed not in cfg.seeds for j in jobs)
+    assert all(j.spec.save_model for j in jobs)  # the oracle curve needs the final model
 
 
 def test_d90_points(tmp_path):

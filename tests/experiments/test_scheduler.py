@@ -11,6 +11,7 @@ from experiments.config import preset
 from experiments.d90 import D90Search
 from experiments.ledger import Ledger
 from experiments.plan import Paths, Planner
+from tests.experiments.test_plan import CHOSEN
 
 
 @pytest.fixture
@@ -38,7 +39,7 @@ def fake_execute(monkeypatch):
 
 
 def jobs(tmp_path):
-    return Planner(preset("tiny"), Paths(Path(tmp_path))).table1()
+    return Planner(preset("tiny"), Paths(Path(tmp_path)), CHOSEN).table1()
 
 
 def test_runs_every_job_once(tmp_path, fake_execute):
@@ -84,7 +85,7 @@ def test_a_failed_run_stops_without_losing_committed_ones(tmp_path, fake_execute
 
 
 def test_searches_run_side_by_side_and_reuse_the_ledger(tmp_path, fake_execute):
-    planner = Planner(preset("tiny"), Paths(Path(tmp_path)))
+    planner = Planner(preset("tiny"), Paths(Path(tmp_path)), CHOSEN)
     ledger = Ledger(tmp_path)
     known = planner.d90_point("trec6", "intrinsic", 4, 0)
     ledger.append({"id": known.id, "score": 0.2, "seconds": 1.0, "phase": "ablation"})

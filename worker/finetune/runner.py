@@ -27,11 +27,12 @@ import torch
 from storage.arrays import flatten_state
 from storage.errors import InvalidInput, NotFound
 from storage.layout import layout_from_model
-from worker.finetune import outliers
+from worker.finetune import diagnostics, outliers
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.data import load_task
 from worker.finetune.methods import BASIS_KIND, METHODS, prepare
 from worker.finetune.models import load_model
+from worker.finetune.outlier_controls import CONTROL_MODES, control_masks
 from worker.finetune.reparam import SubspaceModel, parameter_parts
 from worker.finetune.sources import BasisSource, RegistryBasisSource, StoreBasisSource
 from worker.finetune.train import TrainConfig, seed_everything, train
@@ -85,6 +86,10 @@ class RunSpec:
             raise InvalidInput("holding weights at zero is the full-space experiment: method full")
         if self.record_every < 1:
             raise InvalidInput(f"record_every must be at least 1, got {self.record_every}")
+        if self.hold_zero_mode not in CONTROL_MODES:
+            raise InvalidInput(
+                f"hold_zero_mode {self.hold_zero_mode!r} is not one of {list(CONTROL_MODES)}"
+            )
         if self.eval_split not in ("dev", "tune"):
             raise InvalidInput(f"eval_split must be 'dev' or 'tune', got {self.eval_split!r}")
         if self.eval_split == "tune" and not self.tune_fraction:
@@ -152,6 +157,8 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         tune_fraction=spec.tune_fraction,
         tune_size=spec.tune_size,
     )
+    # Learning curves are drawn on the tuning split where there is one: dev stays unseen.
+    curve_examples = task.tune
     if spec.eval_split == "tune":
         # Scored on the tuning split: the reported dev split never sees this run.
         task = dataclasses.replace(task, dev=task.tune)
@@ -169,9 +176,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     if spec.hold_zero_from:
         arrays = outliers.load_arrays(spec.hold_zero_from)
         positions = {layer: a["indices"] for layer, a in arrays.items()}
-        hold_zero = outliers.disable_masks(
-            layout, positions, mode=spec.hold_zero_mode, seed=spec.train.seed
-        )
+        hold_zero = control_masks(layout, positions, mode=spec.hold_zero_mode, seed=spec.train.seed)
         held_info = {
             "from": spec.hold_zero_from,
             "mode": spec.hold_zero_mode,
@@ -192,6 +197,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         on_step=on_step,
         progress=progress,
         head=head,
+        curve_examples=curve_examples,
     )
     record: dict[str, Any] = {
         "format": RUN_FORMAT,
@@ -216,6 +222,8 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         record["dim"] = next(iter(model.subspace_theta.values())).shape[1]
         record["basis"] = model.subspace_reference
         record["subspace"] = spec.subspace.to_dict()
+        # |theta_k|, each coordinate's size and |V theta| per layer: how far the run went.
+        record["theta"] = diagnostics.theta_summary(model)
     if spec.registry:
         record["registry_run"] = post_run(spec, record, source)
     if spec.out:
