@@ -77,6 +77,16 @@ class Planner:
         self.paths = paths
         self.lrs = dict(lrs or {})
 
+    def provisional(self, name: str) -> float:
+        """The setting if fixed or chosen, else the middle value of its grid."""
+        value = getattr(self.cfg, name)
+        if value is None:
+            value = self.lrs.get(name)
+        if value is None:
+            grid = getattr(self.cfg, f"{name}_grid")
+            value = grid[len(grid) // 2]
+        return float(value)
+
     def setting(self, name: str) -> float:
         value = getattr(self.cfg, name)
         if value is None:
@@ -192,7 +202,11 @@ class Planner:
         dim = cfg.dim if method in ("intrinsic", "random") else None
         jobs = []
         for task in cfg.tasks:
-            kw: dict[str, Any] = {name: value} if name in ("lr", "head_lr") else {}
+            # A setting not chosen yet stands at the middle of its grid while the earlier
+            # searches run (head_lr is chosen with lr there, lr then with the chosen head_lr).
+            kw: dict[str, Any] = {n: self.provisional(n) for n in ("lr", "head_lr")}
+            if name in ("lr", "head_lr"):
+                kw[name] = value
             if name in ("theta_lr", "plain_theta_lr"):
                 kw["theta_lr"] = value
             if method == "intrinsic":

@@ -120,3 +120,19 @@ def test_the_paper_theta_lr_runs_are_their_own_runs(tmp_path):
     assert by_method == {"intrinsic": ("extent", 0.2), "random": ("none", 0.05)}
     # and every run's head trains at its own lr
     assert {j.spec.train.head_lr for j in p.table1()} == {3e-3}
+
+
+def test_the_first_searches_can_be_planned_before_anything_is_chosen(tmp_path):
+    """head_lr is searched with lr at the middle of its grid; lr then with the chosen head_lr."""
+    fresh = Planner(preset("default"), Paths(Path(tmp_path)))
+    head = fresh.tune("head_lr", 1e-2)
+    assert {(j.spec.method, j.spec.train.head_lr, j.spec.train.lr) for j in head} == {
+        ("freeze", 1e-2, 1e-4)
+    }
+    assert all(j.spec.eval_split == "tune" and j.spec.train.seed == 100 for j in head)
+    fresh.lrs["head_lr"] = 3e-3
+    lr = fresh.tune("lr", 2e-4)
+    assert {(j.spec.method, j.spec.train.head_lr, j.spec.train.lr) for j in lr} == {
+        ("full", 3e-3, 2e-4)
+    }
+    assert {j.spec.subspace.theta_lr for j in fresh.tune("plain_theta_lr", 0.2)} == {0.2}
