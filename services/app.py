@@ -7,10 +7,16 @@ tinysub serve                                  (the same, with command-line opti
 from __future__ import annotations
 
 import contextlib
+import inspect
+import json
 import logging
-from collections.abc import AsyncIterator
+import os
+import re
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 
 from services.context import Registry
 from services.db import Database
@@ -19,6 +25,7 @@ from services.jobs import JobRunner
 from services.middleware import BodyLimit
 from services.routes import api_router
 from services.settings import Settings
+from services.streaming import UploadSlots
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +70,80 @@ def create_app(
     )
     app.state.registry = registry
     app.state.runner = runner
+    app.state.upload_slots = UploadSlots(settings.max_concurrent_uploads)
     install_error_handlers(app)
+    hide_server_paths(app, registry)
     app.add_middleware(
         BodyLimit, upload_bytes=settings.max_upload_bytes, json_bytes=settings.max_json_bytes
     )
     app.include_router(api_router())
     return app
+
+
+# ------------------------------------------------------------------ paths in error bodies
+def hide_server_paths(app: FastAPI, registry: Registry) -> None:
+    """Wrap every error handler so that no error body shows where the server keeps its files:
+    the store root, data dir and spool dir become `<store>`, `<data_dir>`, `<spool>`. Messages
+    from the storage layer name the files they failed on; the server log keeps them whole."""
+    pattern, labels = _server_paths(registry)
+    for cls, handler in list(app.exception_handlers.items()):
+        app.exception_handlers[cls] = _redacting(handler, pattern, labels)
+
+
+def _server_paths(registry: Registry) -> tuple[re.Pattern[str], dict[str, str]]:
+    settings = registry.settings
+    candidates = [
+        ("<store>", registry.root.url),
+        ("<store>", registry.root.root),
+        ("<data_dir>", str(settings.data_dir)),
+        ("<spool>", str(settings.upload_spool_dir or "")),
+    ]
+    labels: dict[str, str] = {}
+    for label, path in candidates:
+        if "://" in path:
+            labels[path.rstrip("/")] = label
+        elif len(path.strip("/")) > 1:  # never "/" or "": they would mangle every path
+            for form in (os.path.abspath(path), os.path.realpath(path)):
+                labels[form] = label
+    if not labels:
+        return re.compile(r"(?!)"), labels  # matches nothing (an empty alternation would match "")
+    # Longest first (the store root lies inside the data dir), and only whole path segments.
+    alternatives = "|".join(re.escape(p) for p in sorted(labels, key=len, reverse=True))
+    return re.compile(f"(?:{alternatives})(?![^/\\s'\",:;)\\]}}])"), labels
+
+
+def _redacting(
+    handler: Callable[..., Any], pattern: re.Pattern[str], labels: dict[str, str]
+) -> Callable[[Request, Exception], Coroutine[Any, Any, Response]]:
+    async def handle(request: Request, exc: Exception) -> Response:
+        response = handler(request, exc)
+        if inspect.isawaitable(response):
+            response = await response
+        return _without_paths(response, pattern, labels)
+
+    return handle
+
+
+def _without_paths(
+    response: Response, pattern: re.Pattern[str], labels: dict[str, str]
+) -> Response:
+    if not isinstance(response, JSONResponse):
+        return response
+    body = json.loads(response.body)
+    clean = _redact(body, pattern, labels)
+    if clean == body:
+        return response
+    headers = {
+        k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")
+    }
+    return JSONResponse(clean, status_code=response.status_code, headers=headers)
+
+
+def _redact(value: Any, pattern: re.Pattern[str], labels: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return pattern.sub(lambda m: labels[m.group(0)], value)
+    if isinstance(value, list):
+        return [_redact(v, pattern, labels) for v in value]
+    if isinstance(value, dict):
+        return {k: _redact(v, pattern, labels) for k, v in value.items()}
+    return value

@@ -58,6 +58,18 @@ class Settings(BaseSettings):
         default=64 << 20, ge=1024, description="Largest request body of one upload part."
     )
     max_json_bytes: int = Field(default=1 << 20, ge=1024, description="Largest JSON body.")
+    max_concurrent_uploads: int = Field(
+        default=8,
+        ge=1,
+        le=4096,
+        description="Upload parts received at the same time; one more is answered 503 with "
+        "Retry-After. Spool space needed: this x max_upload_bytes.",
+    )
+    upload_spool_dir: Path | None = Field(
+        default=None,
+        description="Where upload parts are spooled while they arrive (default: the system "
+        "temp dir; keep it off tmpfs, which is memory).",
+    )
     run_jobs: bool = Field(default=True, description="Run the job runner thread in this app.")
     job_workers: int = Field(default=1, ge=1, le=64, description="Jobs run at the same time.")
     job_poll_seconds: float = Field(default=0.5, gt=0)
@@ -97,3 +109,5 @@ class Settings(BaseSettings):
             self.data_dir.mkdir(parents=True, exist_ok=True)
         if "://" not in self.resolved_store_root:
             Path(self.resolved_store_root).mkdir(parents=True, exist_ok=True)
+        if self.upload_spool_dir is not None:
+            self.upload_spool_dir.mkdir(parents=True, exist_ok=True)

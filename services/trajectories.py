@@ -1,7 +1,9 @@
 """Trajectories in the registry: register an existing store, or receive rows over HTTP.
 
 An upload sends each row as parts, `(row, group, offset)` -> raw little-endian float32 values.
-Parts are validated (bounds, finite values) and staged under `<root>/uploads/<task>/<row>/`;
+A part arrives spooled to a temporary file (services.streaming) and is read from it in blocks:
+no part is ever held whole in memory. Parts are validated (bounds, finite values) and staged
+under `<root>/uploads/<task>/<row>/`;
 `commit_row` assembles the row only when every group is fully covered and writes it with
 `TrajectoryStore.write_row`, which commits it atomically. Re-sending a part or a whole row is
 idempotent: equal bytes are accepted, different bytes are refused with `Conflict`. A crash at any
@@ -10,8 +12,10 @@ point leaves either staged parts (resumed by sending the rest) or a committed ro
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
+import os
 import re
+import uuid
 
 import numpy as np
 from sqlalchemy.orm import Session
@@ -19,15 +23,33 @@ from sqlalchemy.orm import Session
 from services.context import Registry
 from services.models import Task, Trajectory, utcnow
 from services.security import confine_url
+from services.streaming import SpooledBody
 from storage.arrays import encode
-from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, ReadOnly
+from storage.basis import MANIFEST as BASIS_MANIFEST
+from storage.errors import (
+    Conflict,
+    InvalidInput,
+    LayoutMismatch,
+    NotFound,
+    ReadOnly,
+    storage_error,
+)
 from storage.layout import Layout
+from storage.objects import Location
+from storage.rows import ROWS_DIR
 from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore
+from storage.trajectory import MANIFEST as TRAJECTORY_MANIFEST
 
 # Rows may be staged a little ahead of the committed ones (parallel uploads), not arbitrarily
 # far: a bogus row number must not be able to fill the disk.
 MAX_ROWS_AHEAD = 16
 _PART = re.compile(r"^(\d{12})-(\d{12})$")
+# Groups are directories at the root of trajectory and basis stores, next to these files: a
+# group of one of these names would overwrite one (compared without case: some disks ignore it).
+STORE_FILES = frozenset(
+    n.lower() for n in ("zarr.json", TRAJECTORY_MANIFEST, BASIS_MANIFEST, ROWS_DIR)
+)
+BLOCK_BYTES = 1 << 20  # a spooled part is read in blocks of this many bytes (whole float32s)
 
 
 def get_task(session: Session, task_id: str) -> Task:
@@ -48,6 +70,16 @@ def task_layout(task: Task) -> Layout:
     return Layout.from_dict(task.layout)
 
 
+def check_store_names(layout: Layout) -> None:
+    """Refuse group names that are also the names of a store's own files."""
+    clash = sorted(g.name for g in layout.groups if g.name.lower() in STORE_FILES)
+    if clash:
+        raise InvalidInput(
+            f"parameter group names {clash} are file names of tinysub stores; rename the groups",
+            detail={"reserved": sorted(STORE_FILES)},
+        )
+
+
 def create_or_register(
     reg: Registry,
     session: Session,
@@ -65,7 +97,7 @@ def create_or_register(
         if existing is not None:
             if existing.url == real:
                 return existing
-            raise Conflict(f"task {task.id!r} already has a trajectory at {existing.url}")
+            raise Conflict(f"task {task.id!r} already has another trajectory ({existing.source})")
         store = TrajectoryStore.open(real, read_only=True, storage_options=_options(reg, real))
         if store.layout.hash != task.layout_hash:
             raise LayoutMismatch(
@@ -80,13 +112,14 @@ def create_or_register(
         if existing is not None:
             if existing.source == "upload":
                 return existing
-            raise Conflict(f"task {task.id!r} has a registered trajectory at {existing.url}")
+            raise Conflict(f"task {task.id!r} has a registered trajectory; it takes no uploads")
+        check_store_names(task_layout(task))  # tasks stored before names were checked
         opts = reg.settings.storage_options
         if TrajectoryStore.exists(target, opts):
             # Created by an earlier request that died before the database commit.
             store = TrajectoryStore.open(target, read_only=True, storage_options=opts)
             if store.layout.hash != task.layout_hash:
-                raise Conflict(f"{target} holds a store of another layout")
+                raise Conflict(f"the upload store of task {task.id!r} has another layout")
         else:
             store = TrajectoryStore.create(
                 target,
@@ -151,9 +184,19 @@ def staged_parts(reg: Registry, task_id: str, row: int | None = None) -> dict:
 def _check_upload_target(traj: Trajectory) -> None:
     if traj.source != "upload":
         raise ReadOnly(
-            f"the trajectory of task {traj.task_id!r} is a registered store ({traj.url}); "
+            f"the trajectory of task {traj.task_id!r} is a registered store; "
             "the registry does not write into it: append to it directly"
         )
+
+
+def part_target(session: Session, task_id: str, group: str) -> tuple[Task, Trajectory]:
+    """The task and upload trajectory a part of `group` goes to: what can be refused before
+    the part's body is read."""
+    task = get_task(session, task_id)
+    traj = get_trajectory(session, task_id)
+    _check_upload_target(traj)
+    task_layout(task).group(group)  # unknown group -> LayoutMismatch
+    return task, traj
 
 
 def put_part(
@@ -163,35 +206,18 @@ def put_part(
     row: int,
     group: str,
     offset: int,
-    data: bytes,
+    part: SpooledBody,
     sha256: str | None = None,
 ) -> dict:
-    """Validate and stage one part; returns {row, group, offset, count, status}."""
+    """Validate and stage one spooled part; returns {row, group, offset, count, status}."""
     _check_upload_target(traj)
-    layout = task_layout(task)
-    size = layout.group(group).size  # unknown group -> LayoutMismatch before any path is built
-    if len(data) == 0 or len(data) % 4:
-        raise InvalidInput(
-            f"a part is raw float32 values: {len(data)} bytes is not a multiple of 4"
-        )
-    count = len(data) // 4
-    if offset < 0 or offset + count > size:
-        raise InvalidInput(
-            f"values [{offset}, {offset + count}) are outside group {group!r} of size {size}"
-        )
-    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256.lower():
-        raise InvalidInput("the part's sha256 does not match its bytes (corrupted in transit)")
-    values = np.frombuffer(data, dtype="<f4")
-    if not np.isfinite(values).all():
-        bad = int(np.count_nonzero(~np.isfinite(values)))
-        raise InvalidInput(f"group {group!r} part has {bad} NaN or Inf values; nothing was written")
+    size = task_layout(task).group(group).size  # unknown group: refused before any path
+    count = _check_part(part, group, offset, size, sha256)
     result = {"row": row, "group": group, "offset": offset, "count": count}
 
     store = open_store(reg, traj)
     if row < store.num_rows:
-        stored = store.read_block(group, offset, offset + count, rows=[row])[0]
-        if encode(values, store.dtype).tobytes() != encode(stored, store.dtype).tobytes():
-            raise Conflict(f"row {row} is committed with other values in {group!r}")
+        _check_committed(store, row, group, offset, part)
         return {**result, "status": "committed"}
     if row >= store.num_rows + MAX_ROWS_AHEAD:
         raise InvalidInput(
@@ -203,7 +229,7 @@ def put_part(
     with reg.locks(("stage", task.id, row)):
         spans = staged_parts(reg, task.id, row).get(row, {}).get(group, [])
         if (offset, offset + count) in spans:
-            if loc.read_bytes(_row_dir(row), group, name) != data:
+            if not _same_as_staged(loc, part, _row_dir(row), group, name):
                 raise Conflict(
                     f"row {row} {group!r} [{offset}, {offset + count}) was staged "
                     "with other values; drop the row to start it again"
@@ -215,8 +241,92 @@ def put_part(
                     f"part [{offset}, {offset + count}) overlaps staged part [{a}, {b}) of "
                     f"row {row} {group!r}; send the same parts again or drop the row"
                 )
-        loc.write_bytes_atomic(data, _row_dir(row), group, name)
+        _stage(loc, part, _row_dir(row), group, name)
     return {**result, "status": "staged"}
+
+
+def _check_part(part: SpooledBody, group: str, offset: int, size: int, sha256: str | None) -> int:
+    """The number of values in a part, once its size, bounds, sha256 and values are checked."""
+    if part.nbytes == 0 or part.nbytes % 4:
+        raise InvalidInput(
+            f"a part is raw float32 values: {part.nbytes} bytes is not a multiple of 4"
+        )
+    count = part.nbytes // 4
+    if offset < 0 or offset + count > size:
+        raise InvalidInput(
+            f"values [{offset}, {offset + count}) are outside group {group!r} of size {size}"
+        )
+    if sha256 is not None and part.sha256 != sha256.lower():
+        raise InvalidInput("the part's sha256 does not match its bytes (corrupted in transit)")
+    bad = sum(
+        int(np.count_nonzero(~np.isfinite(np.frombuffer(b, "<f4"))))
+        for b in part.blocks(BLOCK_BYTES)
+    )
+    if bad:
+        raise InvalidInput(f"group {group!r} part has {bad} NaN or Inf values; nothing was written")
+    return count
+
+
+def _check_committed(
+    store: TrajectoryStore, row: int, group: str, offset: int, part: SpooledBody
+) -> None:
+    """Conflict unless the part equals committed row `row` (as stored: in the store's dtype)."""
+    start = offset
+    for block in part.blocks(BLOCK_BYTES):
+        values = np.frombuffer(block, "<f4")
+        stored = store.read_block(group, start, start + values.size, rows=[row])[0]
+        if encode(values, store.dtype).tobytes() != encode(stored, store.dtype).tobytes():
+            raise Conflict(f"row {row} is committed with other values in {group!r}")
+        start += values.size
+
+
+def _same_as_staged(loc: Location, part: SpooledBody, *parts: str) -> bool:
+    try:
+        with loc.fs.open(loc.path(*parts), "rb") as staged:
+            same = all(staged.read(len(b)) == b for b in part.blocks(BLOCK_BYTES))
+            return same and staged.read(1) == b""
+    except FileNotFoundError as exc:
+        raise NotFound(f"staged part {'/'.join(parts)} disappeared; send it again") from exc
+
+
+def _stage(loc: Location, part: SpooledBody, *parts: str) -> None:
+    """Copy a spooled part into staging; the part appears whole or not at all."""
+    try:
+        if loc.is_local:
+            _stage_local(part, loc.path(*parts))
+        else:
+            # The backend's own upload of a local file: one all-or-nothing object (S3, GCS...).
+            loc.fs.put_file(part.path, loc.path(*parts))
+    except OSError as exc:
+        raise storage_error(f"could not stage part {'/'.join(parts)}", exc) from exc
+
+
+def _stage_local(part: SpooledBody, target: str) -> None:
+    # Written beside the target, synced and renamed over it: a crash leaves a whole part or a
+    # `.tmp-` file that staged_parts does not list (the row's drop removes it). A rename lost
+    # to a power cut only means the part is sent again: staged parts are a resumable cache.
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    tmp = f"{target}.tmp-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            for block in part.blocks(BLOCK_BYTES):
+                f.write(block)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(os.path.dirname(target))
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def drop_row(reg: Registry, task_id: str, row: int) -> None:

@@ -12,6 +12,12 @@ once its marker exists, and the marker is written (atomically) after every group
 been written: a crash mid-checkpoint leaves the committed rows readable, the store re-openable,
 and the next append simply rewrites the half-written row. Chunks carry a crc32c checksum, so a
 corrupted chunk fails on read instead of being returned.
+
+Durability (local disks): a row's chunk files, the arrays' metadata and the directories leading
+to them are fsynced before its marker is written, and the marker itself is fsynced with its
+directory, so after a power cut the last row is either committed with all its bytes or absent.
+A chunk of a committed row that is missing fails every read (zarr would return zeros for it)
+unless the row's sha256 shows it is one zarr never stored because it held only zeros.
 """
 
 from __future__ import annotations
@@ -24,12 +30,14 @@ from typing import Any
 import numpy as np
 
 from storage.arrays import STORAGE_DTYPES, check_dtype, decode, digest
+from storage.chunks import MissingChunk, StrictChunks
 from storage.errors import (
     Conflict,
     InvalidInput,
     NotFound,
     ReadOnly,
     StorageError,
+    TinysubError,
     storage_error,
 )
 from storage.layout import Layout
@@ -52,6 +60,9 @@ class TrajectoryStore:
         self.layout = Layout.from_dict(manifest["layout"])
         self._root = None
         self._arrays: dict[str, Any] = {}
+        # (group, row) of committed rows whose missing chunks the row's sha256 showed to be
+        # zeros zarr never stored; shared with the StrictChunks of every root opened.
+        self._zero_chunks: set[tuple[str, int]] = set()
         self._rows: list[RowInfo] = self._scan_rows()
 
     # ----------------------------------------------------------------------------- opening
@@ -84,6 +95,7 @@ class TrajectoryStore:
                     "open it to append, or pass overwrite=True"
                 )
             loc.delete(MANIFEST)  # first: a reader sees "no store", never a half-deleted one
+            loc.sync()  # ... and so does a reader after a power cut
             loc.delete(recursive=True)
         elif loc.exists() and loc.list():
             # A directory without a manifest is a half-created store or somebody's data:
@@ -91,6 +103,7 @@ class TrajectoryStore:
             if not overwrite and set(loc.list()) - {"zarr.json", ROWS_DIR, *layout.group_names}:
                 raise Conflict(f"{loc.url} exists and is not a tinysub store")
             loc.delete(recursive=True)
+        base = loc.durable_base() if loc.is_local else None
         try:
             root = zarr.open_group(zarr_store(loc), mode="w")
             for group in layout.groups:
@@ -105,6 +118,10 @@ class TrajectoryStore:
                     filters=None,
                     attributes={"tinysub_dtype": dtype},
                 )
+            # The arrays' metadata is on the disk before the manifest that names them.
+            loc.sync(["zarr.json", *(f"{g}/zarr.json" for g in layout.group_names)], base=base)
+        except TinysubError:
+            raise
         except OSError as exc:
             raise storage_error(f"creating the trajectory store at {loc.url} failed", exc) from exc
         manifest = {
@@ -216,8 +233,9 @@ class TrajectoryStore:
             self.layout.group(group)  # raises a clear error for unknown groups
             try:
                 if self._root is None:
+                    store = zarr_store(self.loc, read_only=self.read_only)
                     self._root = zarr.open_group(
-                        zarr_store(self.loc, read_only=self.read_only),
+                        StrictChunks(store, self._zero_chunks),
                         mode="r" if self.read_only else "r+",
                     )
                 self._arrays[group] = self._root[group]
@@ -227,6 +245,14 @@ class TrajectoryStore:
                     "it was deleted or is incomplete"
                 ) from exc
         return self._arrays[group]
+
+    def _lenient_array(self, group: str):
+        """The array as zarr reads it by default (a missing chunk is the fill value): for
+        hashing whole rows, where the sha256 itself tells zeros that were never stored from
+        lost data."""
+        import zarr
+
+        return zarr.open_array(zarr_store(self.loc, read_only=True), path=group, mode="r")
 
     def _check_still_there(self) -> None:
         # zarr returns the fill value for chunks that are not there, so reads from a store
@@ -274,6 +300,9 @@ class TrajectoryStore:
             self._ensure_capacity(index + 1)
             for g, values in encoded.items():
                 self._array(g)[index, :] = values
+            self._sync_row(index)
+        except TinysubError:
+            raise
         except OSError as exc:
             raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
         info = RowInfo(
@@ -287,6 +316,23 @@ class TrajectoryStore:
         self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
         self._rows.append(info)
         return index
+
+    def _sync_row(self, index: int) -> None:
+        """fsync row `index`'s chunk files, each array's metadata (its shape may just have
+        grown to hold the row) and their directories, before the marker commits the row:
+        zarr renames chunks into place without fsync, so otherwise a power cut could leave a
+        committed row whose chunks are empty or gone. Always all of them, not only what this
+        call wrote: an earlier attempt cut short may have grown an array and never synced it.
+        Object stores have nothing to sync (see `Location.sync`)."""
+        if not self.loc.is_local:
+            return
+        keys = []
+        for group in self.layout.groups:
+            arr = self._array(group.name)
+            keys.append(f"{group.name}/zarr.json")
+            for j in range(-(-group.size // arr.chunks[1])):
+                keys.append(f"{group.name}/{arr.metadata.encode_chunk_key((index, j))}")
+        self.loc.sync(keys)
 
     def annotate(self, index: int, metrics: Mapping[str, float]) -> RowInfo:
         """Merge metrics into committed row `index` (a trainer logs them after the weights).
@@ -340,23 +386,75 @@ class TrajectoryStore:
             )
         idx = self._check_rows(rows)
         try:
-            try:
-                raw = self._read(group, idx, start, stop)
-            except IndexError:
-                # The rows are committed, so the array has grown since this handle opened it
-                # (another thread refreshed the rows): open it again and read once more.
-                self._reopen_arrays()
-                raw = self._read(group, idx, start, stop)
-        except NotFound:
+            raw = self._read_committed(group, idx, start, stop)
+        except TinysubError:
             raise
         except (KeyError, FileNotFoundError) as exc:
             raise NotFound(f"the trajectory store at {self.url} was deleted while read") from exc
         except (OSError, RuntimeError, ValueError) as exc:
-            raise StorageError(
-                f"reading {group!r} rows from {self.url} failed (a chunk may be corrupt): {exc}"
-            ) from exc
+            raise self._corrupt(group, idx, start, stop, exc) from exc
         self._check_still_there()
         return decode(np.asarray(raw), self.dtype)
+
+    def _read_committed(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+        """The stored values, every missing chunk accounted for: each round either reads or
+        vouches for one more row's missing chunks (or raises), so it ends."""
+        while True:
+            try:
+                return self._read_fresh(group, idx, start, stop)
+            except MissingChunk as exc:
+                self._explain_missing(exc)
+
+    def _read_fresh(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+        try:
+            return self._read(group, idx, start, stop)
+        except IndexError:
+            # The rows are committed, so the array has grown since this handle opened it
+            # (another thread refreshed the rows): open it again and read once more.
+            self._reopen_arrays()
+            return self._read(group, idx, start, stop)
+
+    def _explain_missing(self, exc: MissingChunk) -> None:
+        """A chunk of a committed row is not there. Returns when the row's sha256 shows it is
+        one zarr never stored (all zeros, the fill value); raises NotFound when the whole store
+        is gone and StorageError when the row's data was lost."""
+        self._check_still_there()
+        group, row = exc.array, exc.row
+        expected = self._rows[row].sha256.get(group) if row < self.num_rows else None
+        if expected is not None and self._row_digest(group, row) == expected:
+            self._zero_chunks.add((group, row))
+            return
+        raise StorageError(
+            f"row {row} of group {group!r} in the trajectory store at {self.url} is committed "
+            f"but its chunk {exc.key} is missing and the row no longer matches its sha256: "
+            "its data was lost (restore the store from a copy, or create it again)",
+            detail={"store": self.url, "group": group, "row": row, "chunk": exc.key},
+        )
+
+    def _row_digest(self, group: str, row: int) -> str | None:
+        """sha256 of a stored row as zarr reads it, or None if it cannot be read at all."""
+        try:
+            return digest(np.asarray(self._lenient_array(group)[row, :]))
+        except (KeyError, OSError, RuntimeError, ValueError):
+            return None
+
+    def _corrupt(
+        self, group: str, idx: np.ndarray, start: int, stop: int, exc: Exception
+    ) -> StorageError:
+        """The error for a failed read, naming the rows whose chunks fail (found by reading
+        them one by one: only ever on this error path)."""
+        bad = []
+        for row in idx.tolist():
+            try:
+                self._read_committed(group, np.array([row]), start, stop)
+            except Exception:  # noqa: BLE001 - any failure marks the row
+                bad.append(row)
+        where = ", ".join(f"row {r}" for r in bad) if bad else f"rows {idx.tolist()}"
+        return StorageError(
+            f"reading {group!r} {where} (columns [{start}, {stop})) from the trajectory store "
+            f"at {self.url} failed (a chunk may be corrupt): {exc}",
+            detail={"store": self.url, "group": group, "rows": bad, "columns": [start, stop]},
+        )
 
     def _read(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
         arr = self._array(group)
@@ -381,10 +479,15 @@ class TrajectoryStore:
     def verify(self) -> list[str]:
         """Re-read every committed row and compare with its sha256; returns the problems."""
         problems = []
+        # zarr's default reading (a missing chunk is zeros), so that the sha256 is the judge:
+        # it accepts the zero chunks zarr never stored and names any chunk that was lost.
+        arrays: dict[str, Any] = {}
         for info in self._rows:
             for group in self.layout.group_names:
                 try:
-                    raw = self._array(group)[info.index, :]
+                    if group not in arrays:
+                        arrays[group] = self._lenient_array(group)
+                    raw = arrays[group][info.index, :]
                 except Exception as exc:  # noqa: BLE001 - any read failure is a finding
                     problems.append(f"row {info.index} {group}: unreadable ({exc})")
                     continue

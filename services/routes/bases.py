@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from services import bases as basis_service
 from services.deps import Reader, RegistryDep, SessionDep, Writer
 from services.models import Alias, Basis
+from services.routes.auth_first import AuthFirstRoute
 from services.routes.jobs import job_public, notify_runner
 from services.routes.tasks import TaskId
 from services.schemas import (
@@ -42,7 +43,7 @@ from services.trajectories import get_task
 from storage.basis import BasisStore
 from storage.errors import Conflict, NotFound, StorageError
 
-router = APIRouter(prefix="/tasks/{task_id}/bases", tags=["bases"])
+router = APIRouter(prefix="/tasks/{task_id}/bases", tags=["bases"], route_class=AuthFirstRoute)
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 AliasName = Annotated[str, Path(pattern=SLUG_PATTERN)]
 

@@ -6,9 +6,10 @@ from fastapi import APIRouter
 from sqlalchemy import text
 
 from services.deps import RegistryDep
+from services.routes.auth_first import AuthFirstRoute
 from services.schemas import Health
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=AuthFirstRoute)
 
 
 @router.get("/health", response_model=Health)

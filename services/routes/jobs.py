@@ -9,10 +9,11 @@ from sqlalchemy import func, select
 
 from services.deps import Reader, RegistryDep, SessionDep, Writer
 from services.models import JOB_FINISHED, Basis, Job, utcnow
+from services.routes.auth_first import AuthFirstRoute
 from services.schemas import JobList, JobPublic, Slug
 from storage.errors import Conflict, NotFound
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=AuthFirstRoute)
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 

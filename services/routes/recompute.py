@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request
 
 from services import recompute as recompute_service
 from services.deps import RegistryDep, SessionDep, Writer
+from services.routes.auth_first import AuthFirstRoute
 from services.routes.jobs import notify_runner
 from services.schemas import RecomputeRequest, RecomputeResult
 
-router = APIRouter(tags=["recompute"])
+router = APIRouter(tags=["recompute"], route_class=AuthFirstRoute)
 
 
 @router.post("/recompute", response_model=RecomputeResult)

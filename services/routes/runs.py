@@ -10,11 +10,12 @@ from sqlalchemy import func, select
 from services.bases import get_version, require_ready
 from services.deps import Reader, SessionDep, Writer
 from services.models import Run
+from services.routes.auth_first import AuthFirstRoute
 from services.schemas import RunCreate, RunList, RunPublic, Slug
 from services.trajectories import get_task
 from storage.errors import InvalidInput, NotFound
 
-router = APIRouter(prefix="/runs", tags=["runs"])
+router = APIRouter(prefix="/runs", tags=["runs"], route_class=AuthFirstRoute)
 
 
 @router.post("", response_model=RunPublic, status_code=201)

@@ -9,13 +9,14 @@ from sqlalchemy import func, select
 
 from services.deps import Reader, SessionDep, SettingsDep, Writer
 from services.models import Task, Trajectory
+from services.routes.auth_first import AuthFirstRoute
 from services.schemas import TaskCreate, TaskList, TaskPublic
 from services.security import SLUG_PATTERN, check_group_name
-from services.trajectories import get_task
+from services.trajectories import check_store_names, get_task
 from storage.errors import Conflict, InvalidInput, TinysubError
 from storage.layout import Layout
 
-router = APIRouter(prefix="/tasks", tags=["tasks"])
+router = APIRouter(prefix="/tasks", tags=["tasks"], route_class=AuthFirstRoute)
 TaskId = Annotated[str, Path(pattern=SLUG_PATTERN, description="A slug: a-z, 0-9, '-', '_'.")]
 
 
@@ -50,6 +51,7 @@ def parse_layout(data: dict) -> Layout:
                 raise InvalidInput(
                     f"group {g.name!r} has {g.size} values; a group has 1 to {MAX_GROUP_SIZE}"
                 )
+        check_store_names(layout)
     except TinysubError:
         raise
     except Exception as exc:  # noqa: BLE001 - any malformed document is the client's input

@@ -9,10 +9,11 @@ from sqlalchemy import select
 
 from services.deps import Admin, SessionDep
 from services.models import Token
+from services.routes.auth_first import AuthFirstRoute
 from services.schemas import TokenCreate, TokenCreated, TokenPublic
 from services.security import create_token, revoke_token
 
-router = APIRouter(prefix="/tokens", tags=["tokens"])
+router = APIRouter(prefix="/tokens", tags=["tokens"], route_class=AuthFirstRoute)
 
 
 @router.post("", response_model=TokenCreated, status_code=201)

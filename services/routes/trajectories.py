@@ -11,24 +11,29 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from services import trajectories as traj_service
 from services.deps import Reader, RegistryDep, SessionDep, Writer
+from services.routes.auth_first import AuthFirstRoute
 from services.routes.tasks import TaskId
-from services.schemas import PartPublic, RowCommit, RowPublic, TrajectoryCreate, TrajectoryPublic
+from services.schemas import (
+    ErrorPublic,
+    PartPublic,
+    RowCommit,
+    RowPublic,
+    TrajectoryCreate,
+    TrajectoryPublic,
+)
+from services.settings import Settings
+from services.streaming import spool_body
 
-router = APIRouter(prefix="/tasks/{task_id}/trajectory", tags=["trajectories"])
+router = APIRouter(
+    prefix="/tasks/{task_id}/trajectory", tags=["trajectories"], route_class=AuthFirstRoute
+)
 Row = Annotated[int, Path(ge=0, le=10**7)]
 Group = Annotated[str, Path(max_length=128)]
-
-
-async def _body(request: Request) -> bytes:
-    # The body-size middleware stops a body over max_upload_bytes while it is being read.
-    return await request.body()
-
-
-PartBody = Annotated[bytes, Depends(_body)]
 
 
 def _public(reg, session, task_id: str) -> dict:
@@ -67,6 +72,13 @@ def get(task_id: TaskId, registry: RegistryDep, session: SessionDep, _: Reader) 
 @router.put(
     "/rows/{row}/groups/{group}",
     response_model=PartPublic,
+    responses={
+        503: {
+            "model": ErrorPublic,
+            "description": "max_concurrent_uploads parts are being received; retry after "
+            "Retry-After seconds.",
+        }
+    },
     openapi_extra={
         "requestBody": {
             "required": True,
@@ -76,11 +88,11 @@ def get(task_id: TaskId, registry: RegistryDep, session: SessionDep, _: Reader) 
         }
     },
 )
-def put_part(
+async def put_part(
     task_id: TaskId,
     row: Row,
     group: Group,
-    data: PartBody,
+    request: Request,
     registry: RegistryDep,
     session: SessionDep,
     _: Writer,
@@ -88,11 +100,20 @@ def put_part(
     x_tinysub_sha256: Annotated[str | None, Header(pattern=r"^[0-9a-fA-F]{64}$")] = None,
 ) -> dict:
     """Stage values [offset, offset + n) of one group of one row (n = bytes / 4)."""
-    task = traj_service.get_task(session, task_id)
-    traj = traj_service.get_trajectory(session, task_id)
-    return traj_service.put_part(
-        registry, task, traj, row, group, offset, data, sha256=x_tinysub_sha256
-    )
+    # The body is no parameter (FastAPI would read it before the token check): it is read here,
+    # after every dependency and the checks that need no body, into a spool file. The
+    # body-size middleware still stops it past max_upload_bytes while it arrives.
+    task, traj = await run_in_threadpool(traj_service.part_target, session, task_id, group)
+    slots, spool_dir = request.app.state.upload_slots, _spool_dir(registry.settings)
+    # Entered left to right: the slot is taken before any byte of the body is read.
+    with slots.hold(), await spool_body(request, spool_dir) as part:
+        return await run_in_threadpool(
+            traj_service.put_part, registry, task, traj, row, group, offset, part, x_tinysub_sha256
+        )
+
+
+def _spool_dir(settings: Settings) -> str | None:
+    return str(settings.upload_spool_dir) if settings.upload_spool_dir else None
 
 
 @router.post("/rows/{row}/commit", response_model=RowPublic)
