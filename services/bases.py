@@ -13,7 +13,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.context import Registry
@@ -246,15 +247,41 @@ def delete_alias(session: Session, task_id: str, kind: str, name: str) -> None:
 
 
 def move_latest(session: Session, basis: Basis) -> None:
-    """Point `latest` at `basis` unless a newer ready version already holds it."""
-    row = session.get(Alias, (basis.task_id, basis.kind, LATEST))
-    if row is None:
-        session.add(
-            Alias(task_id=basis.task_id, kind=basis.kind, name=LATEST, version=basis.version)
+    """Point `latest` at `basis` unless a newer version already holds it.
+
+    One conditional UPDATE (... WHERE version < :new), not a read then a write: two servers
+    finishing versions at once could otherwise both read the old `latest` and the lower
+    version could be written last, moving `latest` backwards. The caller commits.
+    """
+    if _raise_latest(session, basis):
+        return
+    if session.get(Alias, (basis.task_id, basis.kind, LATEST)) is not None:
+        return  # it holds this version or a newer one
+    # No `latest` yet: create it. Another server may create it first (primary key clash);
+    # then the conditional UPDATE decides, as above.
+    try:
+        with session.begin_nested():
+            session.add(
+                Alias(task_id=basis.task_id, kind=basis.kind, name=LATEST, version=basis.version)
+            )
+    except IntegrityError:
+        _raise_latest(session, basis)
+
+
+def _raise_latest(session: Session, basis: Basis) -> bool:
+    """UPDATE `latest` to basis.version where it is lower; True if a row changed."""
+    done = session.execute(
+        update(Alias)
+        .where(
+            Alias.task_id == basis.task_id,
+            Alias.kind == basis.kind,
+            Alias.name == LATEST,
+            Alias.version < basis.version,
         )
-    elif row.version < basis.version:
-        row.version = basis.version
-        row.updated_at = utcnow()
+        .values(version=basis.version, updated_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1
 
 
 def check_not_running(session: Session, task_id: str, kind: str) -> None:

@@ -15,6 +15,7 @@ import re
 import secrets
 import unicodedata
 from collections.abc import Iterable
+from urllib.parse import unquote
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -106,11 +107,85 @@ def allowed_roots(settings: Settings) -> list[str]:
     return [settings.resolved_store_root, *settings.trusted_store_prefixes]
 
 
+def _is_remote(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+# After one percent-decoding, an escape that is still there for '.', '/', '\\' or '%' means the
+# segment was encoded twice: a proxy or server that decodes again would see '..' or a separator.
+_STILL_ENCODED = re.compile(r"%(2e|2f|5c|25)", re.IGNORECASE)
+
+
+def _decoded_segments(path: str) -> list[str]:
+    """A remote path's segments, each percent-decoded exactly once (as yarl does before an
+    http(s) request), without the trailing empty one a final '/' leaves."""
+    segments = [unquote(s) for s in path.split("/")]
+    while len(segments) > 1 and segments[-1] == "":
+        segments.pop()
+    return segments
+
+
+def _check_remote_path(url: str, path: str) -> list[str]:
+    """The decoded segments of a client-given remote path, refusing any that could climb.
+
+    The check runs on the decoded form because that is what gets requested: yarl turns
+    '%2e%2e' into '..' and then removes it with the segment before it."""
+    if any(c in path for c in "?#\\"):
+        # A query or fragment would sit in the middle of every key joined onto the URL.
+        raise Forbidden(f"store URL {url!r} contains '?', '#' or '\\'; give a plain path")
+    segments = _decoded_segments(path)
+    for seg in segments:
+        if seg in (".", "..") or "/" in seg or "\\" in seg:
+            raise Forbidden(f"store URL {url!r} contains '.' or '..' segments (maybe encoded)")
+        if _STILL_ENCODED.search(seg):
+            raise Forbidden(f"store URL {url!r} is percent-encoded twice; encode it once")
+    return segments
+
+
+def _split(url: str) -> tuple[str, list[str]]:
+    """(protocol, path segments) of a URL or local path; local paths have protocol 'file'."""
+    if _is_remote(url):
+        proto, _, path = url.partition("://")
+        return proto, _decoded_segments(path)
+    path = url.removeprefix("file://").rstrip(os.sep) or os.sep
+    return "file", path.split(os.sep) if path != os.sep else [""]
+
+
+def is_under(url: str, prefix: str) -> bool:
+    """Whether `url` is `prefix` or lies below it, compared on whole path segments (so
+    's3://b/root-sibling' is not under 's3://b/root'). Neither side is resolved here."""
+    proto, segments = _split(url)
+    rproto, rsegments = _split(prefix)
+    return proto == rproto and segments[: len(rsegments)] == rsegments
+
+
+def _check_no_links(real: str) -> None:
+    """Refuse a local store that contains symbolic links.
+
+    Reads follow links, so a link to /etc or to another store would be read as part of this
+    one. Checking each link's target is not enough (a target inside a trusted prefix may hold
+    links of its own), and tinysub never writes links, so any link is refused. The walk costs
+    one lstat per file, paid once, at registration."""
+    if not os.path.isdir(real):
+        return
+    for top, dirs, files in os.walk(real, followlinks=False):
+        for name in (*dirs, *files):
+            if os.path.islink(os.path.join(top, name)):
+                inside = os.path.relpath(os.path.join(top, name), real)
+                raise Forbidden(
+                    f"the store contains a symbolic link ({inside!r}); tinysub stores hold none "
+                    "and links could lead reads outside the trusted prefixes",
+                    detail={"link": inside},
+                )
+
+
 def confine_url(url: str, settings: Settings) -> str:
     """The canonical form of a client-given store URL, if it lies under an allowed root.
 
-    Local paths are resolved (symlinks and '..') before the check; remote URLs must use the
-    protocol of an allowed root, contain no '.' or '..' segment, and start with its prefix.
+    Local paths are resolved (symlinks and '..') before the check and must hold no symbolic
+    links; remote URLs are percent-decoded once, must use the protocol of an allowed root,
+    contain no '.' or '..' segment (plain or encoded), and lie under its prefix segment by
+    segment.
     """
     if not isinstance(url, str) or not url or len(url) > 2048 or _bad_chars(url):
         raise InvalidInput("store URL is empty, too long or contains control characters")
@@ -118,27 +193,19 @@ def confine_url(url: str, settings: Settings) -> str:
         # fsspec chains filesystems with '::' ("zip://x::file:///etc/a.zip"): the part after
         # the first '::' would pick a second filesystem and path that no root check has seen.
         raise Forbidden(f"store URL {url!r} chains filesystems ('::'); give a plain URL")
-    if "://" in url and not url.startswith("file://"):
-        proto, _, path = url.partition("://")
-        segments = path.split("/")
-        if any(s in (".", "..") for s in segments):
-            raise Forbidden(f"store URL {url!r} contains '.' or '..' segments")
-        for root in allowed_roots(settings):
-            if "://" not in root or root.startswith("file://"):
-                continue
-            rproto, _, rpath = root.partition("://")
-            rpath = rpath.rstrip("/")
-            if proto == rproto and (path == rpath or path.startswith(rpath + "/")):
-                return url
+    if _is_remote(url):
+        _check_remote_path(url, url.partition("://")[2])
+        if any(is_under(url, root) for root in allowed_roots(settings) if _is_remote(root)):
+            return url
         raise Forbidden(f"store URL {url!r} is outside the store root and trusted prefixes")
     path = url[len("file://") :] if url.startswith("file://") else url
     if not os.path.isabs(path):
         raise InvalidInput(f"store path {path!r} must be absolute")
     real = os.path.realpath(path)
     for root in allowed_roots(settings):
-        if "://" in root and not root.startswith("file://"):
+        if _is_remote(root):
             continue
-        rroot = os.path.realpath(root.removeprefix("file://"))
-        if real == rroot or real.startswith(rroot.rstrip(os.sep) + os.sep):
+        if is_under(real, os.path.realpath(root.removeprefix("file://"))):
+            _check_no_links(real)
             return real
     raise Forbidden(f"store path {path!r} is outside the store root and trusted prefixes")

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from services.context import Registry
 from services.models import Task, Trajectory, utcnow
-from services.security import confine_url
+from services.security import confine_url, is_under
 from services.streaming import SpooledBody
 from storage.arrays import encode
 from storage.basis import MANIFEST as BASIS_MANIFEST
@@ -139,9 +139,10 @@ def create_or_register(
 
 
 def _options(reg: Registry, url: str) -> dict:
-    # The store root's fsspec options apply to URLs under it (same bucket, same credentials).
+    # The store root's fsspec options (its credentials) apply to URLs under it, compared on
+    # whole segments: 's3://b/root-sibling/x' shares a string prefix but not the root.
     root = reg.settings.resolved_store_root
-    return reg.settings.storage_options if url.startswith(root) else {}
+    return reg.settings.storage_options if is_under(url, root) else {}
 
 
 def open_store(reg: Registry, traj: Trajectory, *, read_only: bool = True) -> TrajectoryStore:
@@ -215,34 +216,78 @@ def put_part(
     count = _check_part(part, group, offset, size, sha256)
     result = {"row": row, "group": group, "offset": offset, "count": count}
 
-    store = open_store(reg, traj)
-    if row < store.num_rows:
-        _check_committed(store, row, group, offset, part)
-        return {**result, "status": "committed"}
-    if row >= store.num_rows + MAX_ROWS_AHEAD:
-        raise InvalidInput(
-            f"row {row} is too far ahead: the store has {store.num_rows} rows; "
-            f"stage rows below {store.num_rows + MAX_ROWS_AHEAD}"
-        )
     loc = reg.staging(task.id)
-    name = _part_name(offset, offset + count)
     with reg.locks(("stage", task.id, row)):
+        # The row count is read under the row's stage lock: commit_row drops a row's parts
+        # under this lock after writing the row, so a count read here cannot go stale before
+        # the part is staged (a count read before the lock could: the part would be staged
+        # for a row just committed with other values).
+        store = open_store(reg, traj)
+        if row < store.num_rows:
+            _check_committed(store, row, group, offset, part)
+            return {**result, "status": "committed"}
+        if row >= store.num_rows + MAX_ROWS_AHEAD:
+            raise InvalidInput(
+                f"row {row} is too far ahead: the store has {store.num_rows} rows; "
+                f"stage rows below {store.num_rows + MAX_ROWS_AHEAD}"
+            )
         spans = staged_parts(reg, task.id, row).get(row, {}).get(group, [])
-        if (offset, offset + count) in spans:
-            if not _same_as_staged(loc, part, _row_dir(row), group, name):
-                raise Conflict(
-                    f"row {row} {group!r} [{offset}, {offset + count}) was staged "
-                    "with other values; drop the row to start it again"
-                )
-            return {**result, "status": "staged"}
-        for a, b in spans:
-            if a < offset + count and offset < b:
-                raise Conflict(
-                    f"part [{offset}, {offset + count}) overlaps staged part [{a}, {b}) of "
-                    f"row {row} {group!r}; send the same parts again or drop the row"
-                )
-        _stage(loc, part, _row_dir(row), group, name)
+        if _stage_new(loc, part, spans, row, group, offset, count) and _unstage_if_committed(
+            reg, traj, loc, row, group, offset, part
+        ):
+            return {**result, "status": "committed"}
     return {**result, "status": "staged"}
+
+
+def _stage_new(
+    loc: Location,
+    part: SpooledBody,
+    spans: list[tuple[int, int]],
+    row: int,
+    group: str,
+    offset: int,
+    count: int,
+) -> bool:
+    """Stage a part unless the same one is in `spans` (the group's staged parts); True when it
+    was written now. The caller holds the row's stage lock."""
+    name = _part_name(offset, offset + count)
+    if (offset, offset + count) in spans:
+        if not _same_as_staged(loc, part, _row_dir(row), group, name):
+            raise Conflict(
+                f"row {row} {group!r} [{offset}, {offset + count}) was staged "
+                "with other values; drop the row to start it again"
+            )
+        return False
+    for a, b in spans:
+        if a < offset + count and offset < b:
+            raise Conflict(
+                f"part [{offset}, {offset + count}) overlaps staged part [{a}, {b}) of "
+                f"row {row} {group!r}; send the same parts again or drop the row"
+            )
+    _stage(loc, part, _row_dir(row), group, name)
+    return True
+
+
+def _unstage_if_committed(
+    reg: Registry,
+    traj: Trajectory,
+    loc: Location,
+    row: int,
+    group: str,
+    offset: int,
+    part: SpooledBody,
+) -> bool:
+    """After staging, look at the row count once more. The stage lock is per process: another
+    server may have committed the row (and dropped its parts) between this one's check and its
+    write. A part staged after that would linger for a committed row, so it is removed and the
+    part is answered as for a committed row (Conflict unless it equals the stored values).
+    True when the row turned out committed."""
+    store = open_store(reg, traj)
+    if row >= store.num_rows:
+        return False
+    loc.delete(_row_dir(row), recursive=True)  # only leftovers: the row is committed
+    _check_committed(store, row, group, offset, part)
+    return True
 
 
 def _check_part(part: SpooledBody, group: str, offset: int, size: int, sha256: str | None) -> int:

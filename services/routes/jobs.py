@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
 
 from services.deps import Reader, RegistryDep, SessionDep, Writer
-from services.models import JOB_FINISHED, Basis, Job, utcnow
+from services.models import Basis, Job, utcnow
 from services.routes.auth_first import AuthFirstRoute
 from services.schemas import JobList, JobPublic, Slug
 from storage.errors import Conflict, NotFound
@@ -80,16 +81,56 @@ def get(job_id: JobId, session: SessionDep, _: Reader) -> dict:
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
 def cancel(job_id: JobId, registry: RegistryDep, session: SessionDep, _: Writer) -> dict:
-    """A pending job is cancelled at once; a running one stops at its next progress step."""
-    job = get_job(session, job_id)
-    if job.status in JOB_FINISHED:
+    """A pending job is cancelled at once; a running one stops at its next progress step.
+
+    Both writes are conditional on the status they expect, because a runner may claim (or
+    finish) the job between this request's read and its write: a cancel that loses to a claim
+    only sets `cancel_requested` on the running job (its runner stops it; the claim's state is
+    kept), and one that loses to the job's end is a 409 that changes nothing.
+    """
+    job = get_job(session, job_id)  # 404 for an unknown job
+    if not (_cancel_pending(session, job) or _request_cancel(session, job)):
+        session.rollback()
+        session.refresh(job)
         raise Conflict(f"job {job_id} already {job.status}")
-    job.cancel_requested = True
-    if job.status == "pending":
-        job.status = "cancelled"
-        job.error, job.error_code = "cancelled by request", "cancelled"
-        job.finished_at = utcnow()
-        basis = session.get(Basis, job.basis_id)
-        basis.status, basis.error = "failed", "cancelled by request"
     session.commit()
+    session.refresh(job)  # the UPDATEs bypassed the object: show what is stored
     return job_public(session, job)
+
+
+def _cancel_pending(session: Session, job: Job) -> bool:
+    """Cancel `job` if it is still pending (and its basis with it); False if it is not."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status == "pending")
+        .values(
+            status="cancelled",
+            cancel_requested=True,
+            error="cancelled by request",
+            error_code="cancelled",
+            finished_at=utcnow(),
+        )
+        .execution_options(synchronize_session=False)
+    )
+    if done.rowcount != 1:
+        return False
+    session.execute(
+        update(Basis)
+        .where(Basis.id == job.basis_id)
+        .values(status="failed", error="cancelled by request")
+        .execution_options(synchronize_session=False)
+    )
+    return True
+
+
+def _request_cancel(session: Session, job: Job) -> bool:
+    """Ask a running job to stop (its runner checks at each progress step); False if it has
+    finished. A job re-queued to pending since the first UPDATE counts too: its next run sees
+    the request and ends cancelled before computing anything."""
+    done = session.execute(
+        update(Job)
+        .where(Job.id == job.id, Job.status.in_(("pending", "running")))
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    return done.rowcount == 1
