@@ -4,8 +4,9 @@ An upload sends each row as parts, `(row, group, offset)` -> raw little-endian f
 A part arrives spooled to a temporary file (services.streaming) and is read from it in blocks:
 no part is ever held whole in memory. Parts are validated (bounds, finite values) and staged
 under `<root>/uploads/<task>/<row>/`;
-`commit_row` assembles the row only when every group is fully covered and writes it with
-`TrajectoryStore.write_row`, which commits it atomically. Re-sending a part or a whole row is
+`commit_row` writes the row only when every group is fully covered, streaming the parts into
+`TrajectoryStore.write_row_blocks` block by block (a row is never held whole in memory), which
+commits it atomically. Re-sending a part or a whole row is
 idempotent: equal bytes are accepted, different bytes are refused with `Conflict`. A crash at any
 point leaves either staged parts (resumed by sending the rest) or a committed row.
 """
@@ -400,7 +401,6 @@ def commit_row(
             return store.rows[row].to_dict()
         if row != store.num_rows:
             raise InvalidInput(f"row {row} cannot be committed before row {store.num_rows}")
-        loc = reg.staging(task.id)
         staged = staged_parts(reg, task.id, row).get(row, {})
         missing = {}
         for g in layout.groups:
@@ -416,20 +416,39 @@ def commit_row(
                 f"row {row} is incomplete in groups {sorted(missing)}; send their parts first",
                 detail=missing,
             )
-        vectors = {}
-        for g in layout.groups:
-            vec = np.empty(g.size, dtype=np.float32)  # (D_g,)
-            for a, b in staged[g.name]:
-                vec[a:b] = np.frombuffer(
-                    loc.read_bytes(_row_dir(row), g.name, _part_name(a, b)), "<f4"
-                )
-            vectors[g.name] = vec
-        store.write_row(row, vectors, step=step, epoch=epoch, metrics=metrics)
+        # Streamed from the staged parts block by block: a group may hold 2^33 values.
+        read = _staged_reader(reg.staging(task.id), row, staged)
+        store.write_row_blocks(row, read, step=step, epoch=epoch, metrics=metrics)
         drop_row(reg, task.id, row)
         traj.rows = store.num_rows
         traj.updated_at = utcnow()
         session.commit()
         return store.rows[row].to_dict()
+
+
+def _staged_reader(loc: Location, row: int, staged: dict[str, list[tuple[int, int]]]):
+    """read(group, start, stop) -> float32 values [start, stop) of staged row `row`, read from
+    the parts (which cover each group) that overlap the range, never more than it."""
+
+    def read(group: str, start: int, stop: int) -> np.ndarray:
+        out = np.empty(stop - start, dtype=np.float32)  # (stop - start,)
+        for a, b in staged[group]:
+            lo, hi = max(a, start), min(b, stop)
+            if lo >= hi:
+                continue
+            parts = (_row_dir(row), group, _part_name(a, b))
+            try:
+                with loc.fs.open(loc.path(*parts), "rb") as f:
+                    f.seek(4 * (lo - a))
+                    data = f.read(4 * (hi - lo))
+            except FileNotFoundError as exc:
+                raise NotFound(f"{loc.path(*parts)} does not exist") from exc
+            if len(data) != 4 * (hi - lo):
+                raise NotFound(f"staged part {'/'.join(parts)} is shorter than its name says")
+            out[lo - start : hi - start] = np.frombuffer(data, "<f4")
+        return out
+
+    return read
 
 
 def refresh_rows(reg: Registry, session: Session, traj: Trajectory) -> TrajectoryStore:

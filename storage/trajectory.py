@@ -22,18 +22,20 @@ unless the row's sha256 shows it is one zarr never stored because it held only z
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from storage.arrays import STORAGE_DTYPES, check_dtype, decode, digest
+from storage.arrays import STORAGE_DTYPES, check_dtype, decode, digest, encode
 from storage.chunks import MissingChunk, StrictChunks
 from storage.errors import (
     Conflict,
     InvalidInput,
+    LayoutMismatch,
     NotFound,
     ReadOnly,
     StorageError,
@@ -48,6 +50,7 @@ FORMAT = "tinysub.trajectory/1"
 MANIFEST = "tinysub.json"
 DEFAULT_CHUNK_COLS = 1 << 16  # 256 KiB of float32 per chunk: see docs/architecture.md
 DEFAULT_CAPACITY = 128
+ROW_BLOCK_VALUES = 1 << 18  # write_row_blocks writes ~1 MiB of float32 at a time (whole chunks)
 
 
 class TrajectoryStore:
@@ -305,6 +308,98 @@ class TrajectoryStore:
             raise
         except OSError as exc:
             raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
+        info = RowInfo(
+            index=index,
+            step=step,
+            epoch=epoch,
+            metrics={k: float(v) for k, v in (metrics or {}).items()},
+            sha256=sums,
+            written_at=time.time(),
+        )
+        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
+        self._rows.append(info)
+        return index
+
+    def write_row_blocks(
+        self,
+        index: int,
+        read: Callable[[str, int, int], np.ndarray],
+        *,
+        step: int | None = None,
+        epoch: float | None = None,
+        metrics: Mapping[str, float] | None = None,
+    ) -> int:
+        """`write_row` for rows too large to hold in memory: `read(group, start, stop)` returns
+        the float32 values [start, stop) of a group, and the row is written (and its sha256
+        computed, byte-identical to `write_row`'s) group by group in chunk-aligned blocks of
+        about `ROW_BLOCK_VALUES` values.
+
+        The marker is written last, as in `write_row`. float16/bfloat16 rows are encoded in a
+        first pass that writes nothing, so a value that overflows them writes nothing; any other
+        bad block (size, NaN/Inf) stops the write before the marker: the row stays uncommitted,
+        as after a crash, and the next write of the row rewrites it.
+        """
+        if self.read_only:
+            raise ReadOnly(f"{self.url} was opened read-only")
+        if index < self.num_rows or self.dtype != "float32":
+            sums = self._row_sums(read)
+            if index < self.num_rows:
+                if self._rows[index].sha256 != sums:
+                    raise Conflict(f"row {index} is already committed with other values")
+                return index
+        if index != self.num_rows:
+            raise InvalidInput(f"row {index} cannot be written before row {self.num_rows}")
+        try:
+            self._ensure_capacity(index + 1)
+            sums = {}
+            for g, start, stop, encoded, h in self._row_blocks(read):
+                self._array(g)[index, start:stop] = encoded
+                if stop == self.layout.group(g).size:
+                    sums[g] = h.hexdigest()
+            self._sync_row(index)
+        except TinysubError:
+            raise
+        except OSError as exc:
+            raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
+        return self._commit_marker(index, step, epoch, metrics, sums)
+
+    def _row_blocks(self, read: Callable[[str, int, int], np.ndarray]):
+        """(group, start, stop, encoded block, the group's running sha256) for every block of
+        a row, in the layout's order; every block is validated as `encode_row` would."""
+        step = max(1, ROW_BLOCK_VALUES // self.chunk_cols) * self.chunk_cols
+        for group in self.layout.groups:
+            h = hashlib.sha256()
+            for start in range(0, group.size, step):
+                stop = min(start + step, group.size)
+                block = np.asarray(read(group.name, start, stop), dtype=np.float32).reshape(-1)
+                if block.size != stop - start:
+                    raise LayoutMismatch(
+                        f"group {group.name!r} block [{start}, {stop}) has {block.size} values"
+                    )
+                bad = int(np.count_nonzero(~np.isfinite(block)))
+                if bad:
+                    raise InvalidInput(
+                        f"group {group.name!r} has {bad} NaN or Inf values in [{start}, {stop})"
+                    )
+                encoded = encode(block, self.dtype)
+                h.update(memoryview(np.ascontiguousarray(encoded)).cast("B"))
+                yield group.name, start, stop, encoded, h
+
+    def _row_sums(self, read: Callable[[str, int, int], np.ndarray]) -> dict[str, str]:
+        sums = {}
+        for g, _, stop, _, h in self._row_blocks(read):
+            if stop == self.layout.group(g).size:
+                sums[g] = h.hexdigest()
+        return sums
+
+    def _commit_marker(
+        self,
+        index: int,
+        step: int | None,
+        epoch: float | None,
+        metrics: Mapping[str, float] | None,
+        sums: dict[str, str],
+    ) -> int:
         info = RowInfo(
             index=index,
             step=step,
