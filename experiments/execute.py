@@ -57,6 +57,9 @@ def to_record(job: Job, run: dict[str, Any]) -> dict[str, Any]:
         "run_dir": job.spec.out,
         **job.meta,
     }
+    short = (run.get("basis") or {}).get("short_layers")
+    if short:
+        record["short_layers"] = short  # layers whose basis had fewer columns than dim
     if train.get("curve"):
         record["curve"] = train["curve"]
     if train.get("losses"):

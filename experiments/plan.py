@@ -138,6 +138,9 @@ class Planner:
             basis_seed=seed,
             theta_lr=theta_lr,
             theta_scale=theta_scale,
+            # dims are fixed before the trajectory's accurate rank is known: a layer with fewer
+            # directions keeps all it has, and the record says so (short_layers)
+            allow_short=True,
         )
         train = TrainConfig(
             lr=self.setting("lr") if lr is None else lr,

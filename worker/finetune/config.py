@@ -83,6 +83,10 @@ class SubspaceConfig:
         Rows of V upcast at a time when V is float16 (bounds the float32 scratch memory).
     fastfood_block:
         Largest Fastfood block (a power of two); None = one block of the next power of two >= D.
+    allow_short:
+        When ``dim`` exceeds the rank of every layer (the kernel's rcond cut directions it could
+        not compute accurately), keep each layer's columns and record them as short layers
+        instead of refusing.
     rule:
         Grouping rule of the layout (``auto`` detects bert/roberta/mpnet ``encoder.layer.N.``).
     """
@@ -99,6 +103,10 @@ class SubspaceConfig:
     said: bool = False
     basis_seed: int = 0
     block_rows: int = 1 << 16
+    # A dim beyond every layer's rank: refused (False), or each layer keeps all the columns it
+    # has and the run records them (True; the paper experiment, whose dims are fixed before the
+    # trajectory's accurate rank is known).
+    allow_short: bool = False
     fastfood_block: int | None = None
     rule: str = "auto"
 

@@ -142,7 +142,7 @@ def _check_source(method: str, source: BasisSource, task: str | None) -> None:
 def _dense(source: BasisSource, layout: Layout, config: SubspaceConfig):
     projections, reference = {}, source.reference()
     ranks = {g: source.shape(g)[1] for g in layout.group_names}
-    if config.dim is not None and config.dim > max(ranks.values()):
+    if config.dim is not None and config.dim > max(ranks.values()) and not config.allow_short:
         raise InvalidInput(
             f"dimension {config.dim} was asked for but the basis has rank {max(ranks.values())}"
         )

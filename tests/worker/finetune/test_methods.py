@@ -184,6 +184,11 @@ def test_a_rank_deficient_layer_keeps_all_its_columns(bases):
     shapes = [tuple(t.shape) for t in model.subspace_theta.values()]
     assert shapes[0] == (16, 3) and all(s == (16, 4) for s in shapes[1:])
     assert model.subspace_reference["short_layers"] == {source.layer_names()[0]: 3}
-    # more than any layer has is still refused
+    # more than any layer has is still refused, unless the caller accepts short layers
     with pytest.raises(InvalidInput, match="rank 4"):
         prepare("intrinsic", make_model("bert"), SubspaceConfig(dim=5), source=source, task="a")
+    cfg = SubspaceConfig(dim=5, allow_short=True)
+    model = prepare("intrinsic", make_model("bert"), cfg, source=source, task="a")
+    shapes = [tuple(t.shape) for t in model.subspace_theta.values()]
+    assert shapes[0] == (16, 3) and all(s == (16, 4) for s in shapes[1:])
+    assert set(model.subspace_reference["short_layers"]) == set(source.layer_names())
