@@ -308,17 +308,7 @@ class TrajectoryStore:
             raise
         except OSError as exc:
             raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
-        info = RowInfo(
-            index=index,
-            step=step,
-            epoch=epoch,
-            metrics={k: float(v) for k, v in (metrics or {}).items()},
-            sha256=sums,
-            written_at=time.time(),
-        )
-        self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
-        self._rows.append(info)
-        return index
+        return self._commit_marker(index, step, epoch, metrics, sums)
 
     def write_row_blocks(
         self,
