@@ -165,9 +165,10 @@ class PaperExperiment:
     def _trajectories(self, scheduler: Scheduler, tasks: list[str]) -> None:
         jobs = [j for j in self.planner.trajectories() if j.spec.task in tasks]
         for job in jobs:
-            # A trajectory run that is not in the ledger never finished: its store is partial.
+            # A store without its run in the ledger, or without its manifest, never finished
+            # (a committed run whose store is gone, as in a fresh clone, is recorded again).
             store = Path(job.spec.record_trajectory)
-            if job.id not in self.ledger and store.exists():
+            if store.exists() and (job.id not in self.ledger or job.missing_products()):
                 log.warning("removing the unfinished trajectory %s", store)
                 shutil.rmtree(store)
         scheduler.run("trajectory", jobs)

@@ -11,6 +11,7 @@ Ids: ``{method}/{task}/{variant}/d{dim}/s{seed}``, e.g. ``intrinsic/trec6/delta/
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 from experiments.config import DISABLE_MODES, PaperConfig
 from experiments.tune import SEARCHES
 from storage.errors import InvalidInput
+from storage.trajectory import MANIFEST as TRAJECTORY_MANIFEST
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.runner import RunSpec
 from worker.finetune.train import TrainConfig
@@ -64,6 +66,12 @@ class Job:
     spec: RunSpec
     # Fields copied into the ledger record beside the run's own (basis label, mode, ...).
     meta: dict[str, Any] = field(default_factory=dict)
+    # Files of this run that later phases read (under work/, which is not committed): a
+    # committed run whose products are gone, as in a fresh clone, is run again.
+    products: tuple[str, ...] = ()
+
+    def missing_products(self) -> list[str]:
+        return [p for p in self.products if not os.path.exists(p)]
 
 
 class Planner:
@@ -121,6 +129,7 @@ class Planner:
         eval_split: str = "dev",
         save_model: bool = False,
         curve: bool = False,
+        keep_outliers: bool = False,
     ) -> Job:
         cfg = self.cfg
         label = "fastfood+said" if said else method
@@ -182,7 +191,15 @@ class Planner:
             "theta_scale": theta_scale if dim else None,
             **(meta or {}),
         }
-        return Job(run_id, phase, spec, fields)
+        out = Path(spec.out)
+        products = []
+        if record_trajectory:
+            products.append(str(Path(record_trajectory) / TRAJECTORY_MANIFEST))
+        if save_model:
+            products.append(str(out / "model" / "config.json"))
+        if keep_outliers:  # read by Table 3's hold-zero runs and the outliers analysis
+            products.append(str(out / "outliers.npz"))
+        return Job(run_id, phase, spec, fields, tuple(products))
 
     def intrinsic(self, phase: str, task: str, dim: int, seed: int, mode: str = "delta") -> Job:
         return self.job(
@@ -369,6 +386,7 @@ class Planner:
             theta_lr=cfg.paper_theta_lr,
             theta_scale="none",
             meta={"basis_from": task, "mode": "raw", "rule": "paper"},
+            keep_outliers=True,
         )
 
     def disable(self) -> list[Job]:

@@ -86,9 +86,14 @@ class Scheduler:
 
     # ------------------------------------------------------------------ static job lists
     def run(self, phase: str, jobs: Iterable[Job]) -> list[dict[str, Any]]:
-        """Run every job not yet in the ledger; return all of their records."""
+        """Run every job not yet in the ledger, and again every committed one whose products
+        (files later phases read) are gone; return all of their records. A rerun's record
+        replaces the old one."""
         jobs = list({j.id: j for j in jobs}.values())
-        todo = [j for j in jobs if j.id not in self.ledger]
+        todo = [j for j in jobs if j.id not in self.ledger or j.missing_products()]
+        for job in todo:
+            if job.id in self.ledger:
+                log.warning("%s: %s is gone; running it again", job.id, job.missing_products()[0])
         total, done = len(jobs), len(jobs) - len(todo)
         self._tick(phase, done, total)
         pending: dict[Future, Job] = {}

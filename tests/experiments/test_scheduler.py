@@ -21,6 +21,9 @@ def fake_execute(monkeypatch):
 
     def execute(job):
         calls.append(job.id)
+        for product in job.products:  # the files a real run leaves for later phases
+            Path(product).parent.mkdir(parents=True, exist_ok=True)
+            Path(product).touch()
         dim = job.spec.subspace.dim or 0
         return {
             "id": job.id,
@@ -51,6 +54,20 @@ def test_runs_every_job_once(tmp_path, fake_execute):
     with sched.Scheduler(Ledger(tmp_path)) as s:
         s.run("table1", todo)
     assert len(fake_execute) == len(todo)  # nothing trained twice
+
+
+def test_a_committed_run_whose_products_are_gone_runs_again(tmp_path, fake_execute):
+    todo = jobs(tmp_path)
+    kept = [j for j in todo if j.products]
+    assert kept, "table1 keeps the full models for Table 3's post-hoc zeroing"
+    with sched.Scheduler(Ledger(tmp_path)) as s:
+        s.run("table1", todo)
+    Path(kept[0].products[0]).unlink()  # work/ is not committed: a fresh clone has none of it
+    with sched.Scheduler(Ledger(tmp_path)) as s:
+        s.run("table1", todo)
+    assert fake_execute.count(kept[0].id) == 2
+    assert len(fake_execute) == len(todo) + 1
+    assert len(Ledger(tmp_path)) == len(todo)  # the rerun's record replaces the old one
 
 
 def test_budget_stops_starting_runs_and_resume_finishes(tmp_path, fake_execute, monkeypatch):

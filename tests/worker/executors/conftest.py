@@ -1,7 +1,8 @@
-"""Real clusters for the executor tests: a Dask LocalCluster per module, one Ray per session.
+"""Real clusters for the executor tests: a Dask LocalCluster per module, one Ray per package.
 
-Ray starts slowly (several seconds, plus worker start-up on the first task) and can only be
-initialised once per process, so every Ray test shares one local Ray. Both are shut down in a
+Ray starts slowly (several seconds, plus worker start-up on the first task), so every Ray test
+here shares one local Ray; it stops when this package's tests end, so that no Ray processes
+live on through the rest of the suite. Both are shut down in a
 `finally`, so a failing test never leaves worker processes behind.
 """
 
@@ -37,7 +38,7 @@ def dask_executor(dask_cluster):
         ex.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def ray_executor():
     import ray
 
