@@ -1,13 +1,20 @@
 """The durable job runner: jobs live in the database, threads in the app run them.
 
 A job is claimed with a conditional UPDATE (pending -> running, attempts + 1), so two runners
-never take the same job. While it runs, a heartbeat thread refreshes `heartbeat_at` and the
-progress callback flushes progress and checks for cancellation. On start-up, jobs left `running`
-by a process that died are re-queued; jobs whose heartbeat is older than the lease are re-queued
-at any time (another process died). A re-run first looks for a basis the dead run had already
-committed (same registry uid in the manifest, every layer re-verified); otherwise it recomputes
-from scratch, overwriting the partial output. A basis becomes `ready`, and `latest` moves to it,
-in one transaction, and only after its store was committed with a sha256 for every layer.
+never take the same job. The claim is a lease: (owner, attempts) while `running` fences every
+later write, so a runner whose job was re-queued and taken by another (its heartbeat went stale)
+changes nothing and deletes nothing: its heartbeat, progress, finish, failure and re-queue are
+all conditional updates on the lease (`_transition`), and it stops at its next progress step.
+While it runs, a heartbeat thread refreshes `heartbeat_at` and the progress callback flushes
+progress and checks for cancellation and for the lease.
+
+Only the holder of the runner lock (services/runner_lock.py: one process per database) runs
+jobs; on taking the lock it re-queues every job left `running` (their runner is gone). Jobs
+whose heartbeat is older than the lease are re-queued at any time. A re-run first looks for a
+basis the dead run had already committed (same registry uid in the manifest, every layer
+re-verified); otherwise it recomputes from scratch, overwriting the partial output. A basis
+becomes `ready`, and `latest` moves to it, in one transaction, and only after its store was
+committed with a sha256 for every layer.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import re
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +34,7 @@ from services.bases import move_latest, spec_for
 from services.compute import BasisSpec, committed, compute
 from services.context import Registry
 from services.models import Basis, Job, utcnow
+from services.runner_lock import RunnerLock
 from storage.basis import BasisStore
 from storage.errors import StorageError, TinysubError
 from storage.layout import Layout
@@ -41,6 +50,34 @@ class JobCancelled(Exception):
 
 class _Interrupted(Exception):
     """Raised inside a running job when the runner is stopping: the job is re-queued."""
+
+
+class LeaseLost(Exception):
+    """Raised inside a running job whose lease another runner took: stop, write nothing."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One claim of a job. (owner, attempt) is unique per claim: every claim adds an attempt,
+    and the only hand-back that takes one away (`_requeue` on stop) is by a stopping runner,
+    which claims nothing more."""
+
+    job_id: int
+    owner: str
+    attempt: int
+
+    def where(self) -> tuple:
+        return (
+            Job.id == self.job_id,
+            Job.owner == self.owner,
+            Job.attempts == self.attempt,
+            Job.status == "running",
+        )
+
+
+def _transition(session: Any, lease: Lease, **values: Any) -> bool:
+    """Update the job only while this lease still holds it; True if it did."""
+    return session.execute(update(Job).where(*lease.where()).values(**values)).rowcount == 1
 
 
 class ExecutorPool:
@@ -80,14 +117,18 @@ class ExecutorPool:
 class _Progress:
     """The kernels' progress(phase, done, total) callback for one job."""
 
-    def __init__(self, runner: JobRunner, job_id: int, interval: float = 0.5) -> None:
+    def __init__(
+        self, runner: JobRunner, lease: Lease, beat: _Heartbeat, interval: float = 0.5
+    ) -> None:
         self.runner = runner
-        self.job_id = job_id
+        self.lease = lease
+        self.beat = beat
         self.interval = interval
         self.state: dict[str, Any] = {"phase": "starting", "phases": {}, "layers": {}}
         self._last = 0.0
 
     def __call__(self, phase: str, done: int, total: int) -> None:
+        self.beat.check()  # no database round trip: stop at once if the lease is gone
         self.state["phase"] = phase
         self.state["phases"][phase] = {"done": int(done), "total": int(total)}
         now = time.monotonic()
@@ -101,37 +142,55 @@ class _Progress:
 
     def flush(self) -> None:
         self._last = time.monotonic()
+        lease = self.lease
         with self.runner.registry.db.session() as s:
-            s.execute(
-                update(Job)
-                .where(Job.id == self.job_id)
-                .values(progress=dict(self.state), heartbeat_at=utcnow())
-            )
-            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            if not _transition(s, lease, progress=dict(self.state), heartbeat_at=utcnow()):
+                self.beat.lost.set()
+                raise LeaseLost(f"job {lease.job_id}: attempt {lease.attempt} lost its lease")
+            cancel = s.scalar(select(Job.cancel_requested).where(Job.id == lease.job_id))
+        self.beat.renewed()
         if cancel:
-            raise JobCancelled(f"job {self.job_id} was cancelled")
+            raise JobCancelled(f"job {lease.job_id} was cancelled")
         if self.runner.stopping:
             raise _Interrupted()
 
 
 class _Heartbeat(threading.Thread):
-    def __init__(self, runner: JobRunner, job_id: int) -> None:
-        super().__init__(name=f"tinysub-heartbeat-{job_id}", daemon=True)
-        self.runner, self.job_id = runner, job_id
+    """Renews the lease every quarter lease. The job stops (self-fencing) when a renewal finds
+    the lease taken, or when none succeeded for 3/4 of a lease: by then the reaper of another
+    runner may be about to re-queue it, and a stalled runner must not write on after that."""
+
+    def __init__(self, runner: JobRunner, lease: Lease) -> None:
+        super().__init__(name=f"tinysub-heartbeat-{lease.job_id}", daemon=True)
+        self.runner, self.lease = runner, lease
+        self.lease_seconds = runner.registry.settings.job_lease_seconds
         self.done = threading.Event()
+        self.lost = threading.Event()
+        self._renewed = time.monotonic()
+
+    def renewed(self) -> None:
+        self._renewed = time.monotonic()
+
+    def check(self) -> None:
+        if self.lost.is_set():
+            raise LeaseLost(f"job {self.lease.job_id}: another runner took it")
+        if time.monotonic() - self._renewed > 0.75 * self.lease_seconds:
+            self.lost.set()
+            raise LeaseLost(f"job {self.lease.job_id}: no heartbeat for 3/4 of the lease")
 
     def run(self) -> None:
-        period = max(0.5, self.runner.registry.settings.job_lease_seconds / 4)
+        period = max(0.5, self.lease_seconds / 4)
         while not self.done.wait(period):
             try:
                 with self.runner.registry.db.session() as s:
-                    s.execute(
-                        update(Job)
-                        .where(Job.id == self.job_id, Job.owner == self.runner.owner)
-                        .values(heartbeat_at=utcnow())
-                    )
+                    held = _transition(s, self.lease, heartbeat_at=utcnow())
             except Exception:  # noqa: BLE001 - a missed beat is retried next period
-                log.warning("heartbeat of job %s failed", self.job_id, exc_info=True)
+                log.warning("heartbeat of job %s failed", self.lease.job_id, exc_info=True)
+                continue
+            if not held:
+                self.lost.set()
+                return
+            self.renewed()
 
 
 class JobRunner:
@@ -141,16 +200,23 @@ class JobRunner:
         self.registry = registry
         self.owner = uuid.uuid4().hex[:16]
         self.executors = ExecutorPool(registry)
+        self.lock = RunnerLock(registry.db)
         self.stopping = False
+        self._leases: dict[int, Lease] = {}
+        self._leases_guard = threading.Lock()
+        self._leader = threading.Event()  # set while this process holds the runner lock
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # ------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        requeued = self.requeue_orphans()
-        if requeued:
-            log.info("re-queued jobs left running by a stopped service: %s", requeued)
+        """Run jobs in background threads once this process holds the runner lock (at once
+        if it is free; otherwise as soon as the holder stops or dies)."""
+        self._take_lock()
+        keeper = threading.Thread(target=self._keep_lock, name="tinysub-jobs-lock", daemon=True)
+        keeper.start()
+        self._threads.append(keeper)
         for i in range(self.registry.settings.job_workers):
             t = threading.Thread(target=self._loop, name=f"tinysub-jobs-{i}", daemon=True)
             t.start()
@@ -162,10 +228,41 @@ class JobRunner:
         self.stopping = True
         self._stop.set()
         self._wake.set()
+        self._leader.set()  # wake loops waiting for the lock, so they see the stop
         for t in self._threads:
             t.join(timeout)
         self._threads = []
         self.executors.close()
+        self.lock.release()
+
+    @property
+    def is_leader(self) -> bool:
+        return self.lock.held and not self.stopping
+
+    def _take_lock(self) -> None:
+        try:
+            got = self.lock.try_acquire()
+        except Exception:  # noqa: BLE001 - the database may be briefly unavailable
+            log.warning("taking the job runner lock failed", exc_info=True)
+            return
+        if not got:
+            return
+        # The only runner now: whatever is `running` was left by one that is gone.
+        requeued = self.requeue_orphans()
+        if requeued:
+            log.info("re-queued jobs left running by a stopped runner: %s", requeued)
+        self._leader.set()
+        self._wake.set()
+
+    def _keep_lock(self) -> None:
+        poll = self.registry.settings.job_poll_seconds
+        while not self._stop.wait(max(poll, 0.2)):
+            if self.lock.held:
+                if not self.lock.still_held():
+                    log.warning("lost the job runner lock; running no new jobs until retaken")
+                    self._leader.clear()
+            else:
+                self._take_lock()
 
     def notify(self) -> None:
         """Wake the runner threads (a job was queued)."""
@@ -175,6 +272,9 @@ class JobRunner:
         s = self.registry.settings
         last_reap = time.monotonic()
         while not self._stop.is_set():
+            if not self._leader.is_set():
+                self._leader.wait(s.job_poll_seconds)
+                continue
             try:
                 if time.monotonic() - last_reap > s.job_lease_seconds / 2:
                     last_reap = time.monotonic()
@@ -195,19 +295,32 @@ class JobRunner:
 
     # ----------------------------------------------------------------------------- queue
     def requeue_orphans(self, *, older_than: float | None = None) -> list[int]:
-        """Put `running` jobs back to `pending`: all of them (start-up: this database has one
-        runner process) or those whose heartbeat is older than `older_than` seconds."""
+        """Put `running` jobs back to `pending`: all of them (on taking the runner lock: their
+        runner is gone) or those whose heartbeat is older than `older_than` seconds. Each job
+        moves by a conditional update on the lease it was read with, so a job that finished,
+        or whose heartbeat was renewed, in between is left alone."""
+        requeued = []
         with self.registry.db.session() as s:
             q = select(Job).where(Job.status == "running")
             if older_than is not None:
                 q = q.where(Job.heartbeat_at < utcnow() - timedelta(seconds=older_than))
-            jobs = s.scalars(q).all()
-            for job in jobs:
-                job.status = "pending"
-                job.owner = None
-                job.progress = {**(job.progress or {}), "phase": "requeued"}
-                s.execute(update(Basis).where(Basis.id == job.basis_id).values(status="pending"))
-            return [j.id for j in jobs]
+            for job in s.scalars(q).all():
+                cond = [*Lease(job.id, job.owner, job.attempts).where()]
+                if older_than is not None:
+                    cond.append(Job.heartbeat_at == job.heartbeat_at)
+                progress = {**(job.progress or {}), "phase": "requeued"}
+                res = s.execute(
+                    update(Job)
+                    .where(*cond)
+                    .values(status="pending", owner=None, progress=progress)
+                    .execution_options(synchronize_session=False)
+                )
+                if res.rowcount == 1:
+                    s.execute(
+                        update(Basis).where(Basis.id == job.basis_id).values(status="pending")
+                    )
+                    requeued.append(job.id)
+        return requeued
 
     def claim(self) -> int | None:
         with self.registry.db.session() as s:
@@ -228,9 +341,13 @@ class JobRunner:
                     )
                 )
                 if res.rowcount == 1:
-                    basis_id = s.scalar(select(Job.basis_id).where(Job.id == job_id))
+                    basis_id, attempt = s.execute(
+                        select(Job.basis_id, Job.attempts).where(Job.id == job_id)
+                    ).one()
                     s.execute(update(Basis).where(Basis.id == basis_id).values(status="running"))
                     s.commit()
+                    with self._leases_guard:
+                        self._leases[job_id] = Lease(job_id, self.owner, attempt)
                     return job_id
         return None
 
@@ -253,14 +370,18 @@ class JobRunner:
             return spec, job.attempts, job.cancel_requested
 
     def run_job(self, job_id: int) -> str:
-        """Run one claimed job to its end; returns its final status."""
+        """Run one job this runner claimed to its end; returns its final status."""
         settings = self.registry.settings
+        with self._leases_guard:
+            lease = self._leases.pop(job_id, None)
+        if lease is None:
+            raise ValueError(f"job {job_id} was not claimed by this runner")
         try:
             spec, attempts, cancel = self._spec(job_id)
         except TinysubError as exc:
-            return self._finish_failed(job_id, None, exc.code, str(exc))
-        progress = _Progress(self, job_id)
-        beat = _Heartbeat(self, job_id)
+            return self._finish_failed(lease, None, exc.code, str(exc))
+        beat = _Heartbeat(self, lease)
+        progress = _Progress(self, lease, beat)
         beat.start()
         executor_name = spec.params.get("executor", "local")
         try:
@@ -289,24 +410,28 @@ class JobRunner:
                     block_cols=settings.block_cols,
                     progress=progress,
                 )
-            return self._finish_ready(job_id, spec, store, progress)
+            return self._finish_ready(lease, spec, store, progress)
+        except LeaseLost as exc:
+            # Another runner has the job now: its output directory is that runner's.
+            log.warning("%s; stopping and leaving it to its new runner", exc)
+            return "lost"
         except JobCancelled:
             return self._finish_failed(
-                job_id, spec, "cancelled", "cancelled by request", status="cancelled"
+                lease, spec, "cancelled", "cancelled by request", status="cancelled"
             )
         except _Interrupted:
-            self._requeue(job_id, spend_attempt=False)
+            self._requeue(lease, spend_attempt=False)
             return "pending"
         except TinysubError as exc:
-            return self._finish_failed(job_id, spec, exc.code, str(exc))
+            return self._finish_failed(lease, spec, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker or cluster failure: retry
             log.exception("job %s failed unexpectedly (attempt %s)", job_id, attempts)
             self.executors.discard(executor_name)
             message = f"{type(exc).__name__}: {exc}"
             if attempts < settings.job_max_attempts:
-                self._requeue(job_id, spend_attempt=True, error=message)
+                self._requeue(lease, spend_attempt=True, error=message)
                 return "pending"
-            return self._finish_failed(job_id, spec, "tinysub_error", message)
+            return self._finish_failed(lease, spec, "tinysub_error", message)
         finally:
             beat.done.set()
 
@@ -321,49 +446,56 @@ class JobRunner:
                 raise StorageError(f"layer {info.name!r} of {store.url} has no sha256")
 
     def _finish_ready(
-        self, job_id: int, spec: BasisSpec, store: BasisStore, progress: _Progress
+        self, lease: Lease, spec: BasisSpec, store: BasisStore, progress: _Progress
     ) -> str:
         self._check_committed(spec, store)
         layers = [info.to_dict() for info in store.layers.values()]
         reg = self.registry
+        done = {
+            **progress.state,
+            "phase": "done",
+            "layers": {i["name"]: "checksummed" for i in layers},
+        }
         with reg.locks(("alias", spec.task_id, spec.kind)), reg.db.session() as s:
-            job = s.get(Job, job_id)
-            if job.status != "running" or job.owner != self.owner:
-                log.warning("job %s was taken over while it ran; leaving it", job_id)
-                return job.status
+            if not _transition(
+                s,
+                lease,
+                status="succeeded",
+                finished_at=utcnow(),
+                error=None,
+                error_code=None,
+                progress=done,
+            ):
+                log.warning("job %s was taken over while it ran; leaving it", lease.job_id)
+                return "lost"
             basis = s.get(Basis, spec.basis_id)
             basis.status = "ready"
             basis.layers = layers
             basis.inputs_digest = store.manifest.get("inputs_digest")
             basis.ready_at = utcnow()
             basis.error = None
-            job.status = "succeeded"
-            job.finished_at = utcnow()
-            job.error = job.error_code = None
-            job.progress = {
-                **progress.state,
-                "phase": "done",
-                "layers": {i["name"]: "checksummed" for i in layers},
-            }
             move_latest(s, basis)
         return "succeeded"
 
     def _finish_failed(
         self,
-        job_id: int,
+        lease: Lease,
         spec: BasisSpec | None,
         code: str,
         message: str,
         status: str = "failed",
     ) -> str:
         with self.registry.db.session() as s:
-            job = s.get(Job, job_id)
-            job.status = status
-            job.error, job.error_code = message, code
-            job.finished_at = utcnow()
-            basis = s.get(Basis, job.basis_id)
-            basis.status = "failed"
-            basis.error = message
+            if not _transition(
+                s, lease, status=status, error=message, error_code=code, finished_at=utcnow()
+            ):
+                # Another runner has the job (and may have committed the basis): touch nothing.
+                log.warning("job %s was taken over; not failing it", lease.job_id)
+                return "lost"
+            basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
+            s.execute(
+                update(Basis).where(Basis.id == basis_id).values(status="failed", error=message)
+            )
         if spec is not None:
             # Nothing half-written stays behind (there is no manifest, so nothing would serve
             # it anyway).
@@ -373,13 +505,13 @@ class JobRunner:
                 log.warning("could not remove %s", spec.url, exc_info=True)
         return status
 
-    def _requeue(self, job_id: int, *, spend_attempt: bool, error: str | None = None) -> None:
+    def _requeue(self, lease: Lease, *, spend_attempt: bool, error: str | None = None) -> None:
+        values: dict[str, Any] = {"status": "pending", "owner": None}
+        if not spend_attempt:
+            values["attempts"] = Job.attempts - 1
+        if error:
+            values["error"] = error
         with self.registry.db.session() as s:
-            job = s.get(Job, job_id)
-            job.status = "pending"
-            job.owner = None
-            if not spend_attempt:
-                job.attempts = max(0, job.attempts - 1)
-            if error:
-                job.error = error
-            s.execute(update(Basis).where(Basis.id == job.basis_id).values(status="pending"))
+            if _transition(s, lease, **values):
+                basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
+                s.execute(update(Basis).where(Basis.id == basis_id).values(status="pending"))
