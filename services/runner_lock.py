@@ -29,7 +29,6 @@ from services.db import Database
 log = logging.getLogger(__name__)
 
 
-
 def advisory_key(database: str) -> int:
     """A 63-bit key per database (advisory locks are server-wide: two registries in two
     databases of one server must not share a runner), derived from a name so that it is
