@@ -64,6 +64,13 @@ def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreat
             f"{reg.settings.executor!r}"
         )
     layout = task_layout(task)
+    values = body.rank * sum(g.size for g in layout.groups)
+    if values > reg.settings.max_basis_values:
+        raise InvalidInput(
+            f"a rank-{body.rank} basis of this layout holds {values:,} values, over this "
+            f"registry's limit of {reg.settings.max_basis_values:,} (max_basis_values); "
+            "ask for a smaller rank"
+        )
     params: dict[str, Any] = {
         "rank": body.rank,
         "mode": body.mode,

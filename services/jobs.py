@@ -52,6 +52,12 @@ class _Interrupted(Exception):
     """Raised inside a running job when the runner is stopping: the job is re-queued."""
 
 
+class JobTimedOut(TinysubError):
+    """A job ran past `job_timeout_seconds`: failed, not retried (it would time out again)."""
+
+    code = "job_timeout"
+
+
 class LeaseLost(Exception):
     """Raised inside a running job whose lease another runner took: stop, write nothing."""
 
@@ -124,11 +130,15 @@ class _Progress:
         self.lease = lease
         self.beat = beat
         self.interval = interval
+        self.timeout = runner.registry.settings.job_timeout_seconds
+        self.deadline = time.monotonic() + self.timeout
         self.state: dict[str, Any] = {"phase": "starting", "phases": {}, "layers": {}}
         self._last = 0.0
 
     def __call__(self, phase: str, done: int, total: int) -> None:
         self.beat.check()  # no database round trip: stop at once if the lease is gone
+        if time.monotonic() > self.deadline:
+            raise JobTimedOut(f"the job ran longer than {self.timeout:g} s (job_timeout_seconds)")
         self.state["phase"] = phase
         self.state["phases"][phase] = {"done": int(done), "total": int(total)}
         now = time.monotonic()

@@ -38,14 +38,26 @@ def _blocks(d: int, step: int) -> list[tuple[int, int]]:
     return [(a, min(a + step, d)) for a in range(0, d, step)]
 
 
+def steps(d: int, k: int) -> int:
+    """How many times `random_orthonormal` calls `tick`: 3 passes over the blocks."""
+    return 3 * len(_blocks(d, block_rows(k)))
+
+
 def random_orthonormal(
-    d: int, k: int, seed: int, layer: str, write: Callable[[int, int, np.ndarray], None]
+    d: int,
+    k: int,
+    seed: int,
+    layer: str,
+    write: Callable[[int, int, np.ndarray], None],
+    tick: Callable[[], None] | None = None,
 ) -> None:
-    """Stream Q (d, k) float32 to write(start, stop, block) in row order."""
+    """Stream Q (d, k) float32 to write(start, stop, block) in row order. `tick()` runs after
+    each block of each pass (about 2 Mi values): where a job checks cancel, stop and lease."""
     if not 1 <= k <= d:
         raise InvalidInput(f"a random basis of rank {k} needs 1 <= k <= D = {d}")
     step = block_rows(k)
     blocks = _blocks(d, step)
+    tick = tick or (lambda: None)
 
     def gram(r_inv: np.ndarray | None) -> np.ndarray:
         g = np.zeros((k, k))
@@ -54,6 +66,7 @@ def random_orthonormal(
             if r_inv is not None:
                 x = x @ r_inv
             g += x.T @ x
+            tick()
         return g
 
     # R1 from A, R2 from Q1 = A R1^-1; then Q = A (R2 R1)^-1 with R2 R1 upper triangular.
@@ -63,6 +76,7 @@ def random_orthonormal(
     r_inv = r1_inv @ np.linalg.inv(r2)
     for c, (a, b) in enumerate(blocks):
         write(a, b, (_gaussian(seed, layer, c, b - a, k) @ r_inv).astype(np.float32))
+        tick()
 
 
 def random_basis(
@@ -98,15 +112,22 @@ def random_basis(
     try:
         loc = Location.from_url(writer.url, storage_options)
         root = zarr.open_group(zarr_store(loc), mode="r+")
-        for i, (name, d) in enumerate(shapes.items()):
+        total = sum(steps(d, k) for d in shapes.values())
+        done = 0
+
+        def tick() -> None:
+            nonlocal done
+            done += 1
+            if progress:
+                progress("random", done, total)
+
+        for name, d in shapes.items():
             arr = root[name]
 
             def write(a: int, b: int, block: np.ndarray, arr=arr) -> None:
                 arr[a:b, :] = block
 
-            random_orthonormal(d, k, seed, name, write)
-            if progress:
-                progress("random", i + 1, len(shapes))
+            random_orthonormal(d, k, seed, name, write, tick)
         return writer.commit(layers, full_meta)
     except OSError as exc:
         writer.discard()
