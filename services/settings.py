@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="Where upload parts are spooled while they arrive (default: the system "
         "temp dir; keep it off tmpfs, which is memory).",
     )
+    migrate_on_start: bool = Field(
+        default=True,
+        description="Apply pending database migrations when the registry starts (one process "
+        "at a time: a PostgreSQL advisory lock, SQLite's write lock). False: refuse to start "
+        "until `tinysub db upgrade` has run.",
+    )
     run_jobs: bool = Field(default=True, description="Run the job runner thread in this app.")
     job_workers: int = Field(default=1, ge=1, le=64, description="Jobs run at the same time.")
     job_poll_seconds: float = Field(default=0.5, gt=0)
@@ -78,6 +84,18 @@ class Settings(BaseSettings):
         default=300.0,
         gt=0,
         description="A running job whose heartbeat is older than this is re-queued.",
+    )
+    job_timeout_seconds: float = Field(
+        default=6 * 3600.0,
+        gt=0,
+        description="A job running longer than this (from its claim) is failed with "
+        "`job_timeout`; it is checked at every progress step of the kernels.",
+    )
+    max_basis_values: int = Field(
+        default=1 << 33,
+        ge=1,
+        description="Largest basis an order may ask for, in values (rank x the layout's size; "
+        "2^33 float32 values = 32 GiB). A larger order is refused with 422.",
     )
     stream_block_bytes: int = Field(
         default=4 << 20, ge=1 << 16, description="Bytes read per step while streaming a layer."
