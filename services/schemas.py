@@ -93,8 +93,12 @@ class TrajectoryPublic(_Out):
     rows: int
     layout_hash: str
     row_sha256: list[dict[str, str]] = Field(description="Per committed row, sha256 per group.")
-    staged: dict[int, dict[str, list[tuple[int, int]]]] = Field(
-        default_factory=dict, description="Uncommitted rows: group -> received [start, stop)."
+    # Pairs as 2-item lists, not tuples: pydantic writes a tuple as `prefixItems`, which
+    # FastAPI's OpenAPI 3.1 document turned into an invalid `items: [...]` (schemathesis).
+    staged: dict[int, dict[str, list[Annotated[list[int], Field(min_length=2, max_length=2)]]]] = (
+        Field(
+            default_factory=dict, description="Uncommitted rows: group -> received [start, stop)."
+        )
     )
 
 

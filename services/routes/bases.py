@@ -178,8 +178,8 @@ def _layer_response(
     if span is not None:
         status = 206
         headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
-    if head:
-        return Response(status_code=status, headers=headers)
+    if head:  # the headers GET would send, Content-Type included (RFC 9110 9.3.2)
+        return Response(status_code=status, headers=headers, media_type="application/octet-stream")
     store = BasisStore.open(basis.url, registry.settings.storage_options)
     if store.layer(layer).sha256 != info["sha256"]:
         raise StorageError(f"the stored manifest of {basis.url} disagrees with the registry")
@@ -230,7 +230,19 @@ def layer_bytes(
     )
 
 
-@router.head(_LAYER)
+@router.head(
+    _LAYER,
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "The headers of GET, no body.",
+        },
+        206: {"description": "The headers of the requested byte range."},
+        304: {"description": "Unchanged (If-None-Match matched the sha256 ETag)."},
+        416: {"description": "Range not satisfiable."},
+    },
+)
 def layer_head(
     task_id: TaskId,
     kind: Kind,

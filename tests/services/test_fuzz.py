@@ -3,8 +3,11 @@
 Every operation gets valid and invalid inputs generated from the schema; every response must be
 free of 5xx, carry a status the operation documents, and match the documented schema (error
 bodies included). The app holds real data (a task with a ready basis, an upload store with a
-row) so that generated requests reach past "not found". Bounded: FUZZ_EXAMPLES cases per
-operation and mode (15; TINYSUB_FUZZ_EXAMPLES=100 for a longer hunt), about 15 s in all.
+row) so that generated requests reach past "not found": every operation with path parameters
+runs twice, once with generated paths (wide) and once with the paths of that data (deep: the
+query, headers and body are still generated), and a deep run must reach past 404. Bounded:
+FUZZ_EXAMPLES cases per operation, mode and depth (15; TINYSUB_FUZZ_EXAMPLES=100 for a longer
+hunt), about 30 s in all. `pytest -m fuzz` runs only these.
 """
 
 from __future__ import annotations
@@ -20,7 +23,24 @@ from sqlalchemy import update
 from services.models import Token
 from tests.services.helpers import add_task, api_client, auth, make_app, small_layout, token_for
 
+pytestmark = pytest.mark.fuzz
+
 FUZZ_EXAMPLES = int(os.environ.get("TINYSUB_FUZZ_EXAMPLES", "15"))
+# Path parameters of the seeded data (see _app): task "a" has a ready task basis v1 with the
+# alias "prod", task "up" an upload store; job 1 and run 1 exist.
+LAYOUT = small_layout()
+KNOWN = {
+    "task_id": "a",
+    "kind": "task",
+    "version": 1,
+    "layer": LAYOUT.groups[0].name,
+    "name": "prod",
+    "job_id": 1,
+    "run_id": 1,
+    "row": 0,
+    "group": LAYOUT.groups[0].name,
+}
+UPLOAD_PATHS = ("/rows/",)  # the row routes write to task "up"'s upload store
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -34,7 +54,7 @@ def _app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
     app = make_app(tmp, max_json_bytes=64 << 10, max_upload_bytes=64 << 10)
     api = api_client(app, "admin")
-    layout = small_layout()
+    layout = LAYOUT
     add_task(api, tmp, "a", layout, rows=6)
     api.post("/v1/tasks/a/bases", json={"kind": "task", "rank": 2})
     api.post("/v1/tasks/a/bases", json={"kind": "random", "rank": 2})
@@ -69,8 +89,9 @@ def _operations() -> list:
                     op.get("parameters") or op.get("requestBody")
                 ):
                     continue
-                out.append(pytest.param(path, method.upper(), mode, id=f"{method.upper()} "
-                                        f"{path} {mode.value}"))  # fmt: skip
+                for deep in (False, True) if "{" in path else (False,):
+                    name = f"{method.upper()} {path} {mode.value}{' deep' if deep else ''}"
+                    out.append(pytest.param(path, method.upper(), mode, deep, id=name))
     return out
 
 
@@ -79,10 +100,17 @@ def fuzz_schema(fuzzed):
     return schemathesis.openapi.from_asgi("/openapi.json", fuzzed[0])
 
 
-@pytest.mark.parametrize(("path", "method", "mode"), _operations())
-def test_api_conforms_to_its_schema(path, method, mode, fuzz_schema, fuzzed):
-    """positive: inputs the schema allows; negative: inputs it forbids (which must be 4xx)."""
+def _known_paths(path: str, params: dict) -> dict:
+    known = {**KNOWN, "task_id": "up"} if any(p in path for p in UPLOAD_PATHS) else KNOWN
+    return {name: known.get(name, value) for name, value in params.items()}
+
+
+@pytest.mark.parametrize(("path", "method", "mode", "deep"), _operations())
+def test_api_conforms_to_its_schema(path, method, mode, deep, fuzz_schema, fuzzed):
+    """positive: inputs the schema allows; negative: inputs it forbids (which must be 4xx).
+    deep: the path names seeded data, so the rest of the request is what gets fuzzed."""
     app, token = fuzzed
+    statuses = []
 
     @given(case=fuzz_schema[path][method].as_strategy(generation_mode=mode))
     @settings(
@@ -96,6 +124,13 @@ def test_api_conforms_to_its_schema(path, method, mode, fuzz_schema, fuzzed):
         # The fuzzer may revoke any token id, ours included: keep ours alive for the next case.
         with app.state.registry.db.session() as s:
             s.execute(update(Token).where(Token.name == "fuzzer").values(revoked_at=None))
-        case.call_and_validate(headers=auth(token), checks=CHECKS)
+        if deep:
+            case.path_parameters = _known_paths(path, case.path_parameters or {})
+        response = case.call(headers=auth(token))
+        statuses.append(response.status_code)
+        case.validate_response(response, checks=CHECKS)
 
     check()
+    if deep and mode is GenerationMode.POSITIVE:
+        # The point of deep: requests got past the lookup of what the path names.
+        assert any(code != 404 for code in statuses), f"every deep case was 404: {statuses}"
