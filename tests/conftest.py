@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny layouts and synthetic trajectories with known spectra."""
+"""Shared fixtures: tiny layouts and synthetic trajectories with known spectra; and the hooks
+that fail the run when a test of a promised component (PostgreSQL, S3, Dask, Ray) is skipped,
+unless TINYSUB_ALLOW_SKIPS allows it (tests/promised.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +9,11 @@ import pytest
 
 from storage.layout import build_layout
 from storage.trajectory import TrajectoryStore
+from tests.promised import (  # noqa: F401 (hooks, found here by name)
+    pytest_configure,
+    pytest_runtest_makereport,
+    pytest_terminal_summary,
+)
 
 
 @pytest.fixture

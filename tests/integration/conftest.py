@@ -6,6 +6,7 @@ import pytest
 
 from services.topology import postgres_unavailable
 from tests import servers
+from tests.promised import skip_missing
 
 local_s3 = servers.local_s3
 local_postgres = servers.local_postgres
@@ -14,5 +15,5 @@ local_postgres = servers.local_postgres
 @pytest.fixture
 def postgres(local_postgres):
     if local_postgres is None:
-        pytest.skip(f"PostgreSQL cannot run here: {postgres_unavailable()}")
+        skip_missing("postgres", postgres_unavailable())
     return local_postgres

@@ -1,7 +1,8 @@
 """docker-compose.yml's topology without Docker: every service a real process on loopback.
 
 moto's S3 server stands in for MinIO, PostgreSQL runs from the Debian packages (SQLite when this
-machine cannot run it; tests/integration/test_postgres.py then skips and says why), a Dask
+machine cannot run it; the PostgreSQL tests then fail, or skip where TINYSUB_ALLOW_SKIPS=postgres
+allows it: tests/promised.py), a Dask
 scheduler with two workers is started with the `dask` command line, a Ray head with
 `ray start --head` (token authentication on, reached through Ray Client), and `tinysub serve`
 is pointed at them through TINYSUB_* variables.
@@ -110,7 +111,7 @@ def test_topology_end_to_end(executor, clusters, inputs, local_s3, local_postgre
     cluster = clusters[executor]
     if local_postgres is not None:
         database_url = local_postgres.create_database(f"registry_{executor}")
-    else:  # the reason is reported by test_postgres.py's skip
+    else:  # the PostgreSQL tests report why (tests/promised.py)
         database_url = f"sqlite:///{tmp_path / 'registry.db'}"
     root = f"s3://tinysub/registry-{executor}"
     env = {

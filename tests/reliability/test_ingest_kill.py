@@ -3,13 +3,16 @@ from all the events an ingestion makes (24 trials: after any chunk or metadata w
 after any row marker's rename), and at a random instant of a slowed-down ingestion (6 trials).
 After each death the store re-opens, every committed row is bit-identical to its source and
 its sha256, no partial row is visible, and resuming gives the uninterrupted store byte for byte
-(tests/storage/crash_harness.check_after_crash)."""
+(tests/storage/crash_harness.check_after_crash).
+
+Every trial must have killed a live writer (not one that had already finished, which would pass
+every check vacuously); test_every_trial_killed_a_live_writer counts them and records the count
+as the `live_writer_kills` property (`-rP` prints it, `--junitxml` stores it).
+"""
 
 from __future__ import annotations
 
 import random
-import signal
-import subprocess
 
 import pytest
 
@@ -18,8 +21,10 @@ from tests.storage.crash_harness import (
     check_after_crash,
     count_events,
     empty_store,
+    kill_mid_write,
+    random_instant,
     reference_store,
-    spawn,
+    self_kill,
     write_source,
 )
 
@@ -51,14 +56,20 @@ def outcomes():
     return {}
 
 
+@pytest.fixture(scope="module")
+def deaths():
+    """How each trial's child ended (crash_harness.Death), to count the live-writer kills."""
+    return {}
+
+
 @pytest.mark.parametrize("trial", range(EVENT_TRIALS))
-def test_kill_at_a_random_write_event(tmp_path, source, reference, events, outcomes, trial):
+def test_kill_at_a_random_write_event(tmp_path, source, reference, events, outcomes, deaths, trial):
     folder, arrays = source
     at = random.Random(1000 + trial).randint(1, events)
     url = empty_store(tmp_path)
-    child = spawn(url, folder, f"event:{at}")
-    _, err = child.communicate(timeout=60)
-    assert child.returncode == -signal.SIGKILL, err  # it died, it did not finish
+    death = deaths["event", trial] = self_kill(url, folder, f"event:{at}")
+    assert death.live, death  # it died by SIGKILL before finishing
+    assert death.events == at - 1, death  # ... at the event drawn, having written up to it
     outcomes[trial] = check_after_crash(url, arrays, reference)
 
 
@@ -69,14 +80,21 @@ def test_the_kills_fell_all_over_the_ingestion(outcomes):
 
 
 @pytest.mark.parametrize("trial", range(TIMED_TRIALS))
-def test_kill_at_a_random_instant(tmp_path, source, reference, trial):
+def test_kill_at_a_random_instant(tmp_path, source, reference, events, deaths, trial):
     folder, arrays = source
     url = empty_store(tmp_path)
-    child = spawn(url, folder, "sleep:0.01")  # ~0.1 s a row: the instant is anywhere in it
-    assert child.stdout.readline().strip() == "ready"
-    try:
-        child.wait(timeout=random.Random(trial).uniform(0.0, 0.9))
-    except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGKILL)
-    child.communicate(timeout=60)
-    assert 0 <= check_after_crash(url, arrays, reference) <= T
+    death = deaths["timed", trial] = kill_mid_write(
+        url, folder, *random_instant(random.Random(trial), events)
+    )
+    assert death.live and death.events >= 1, death  # alive and writing when the kill came
+    assert 0 <= check_after_crash(url, arrays, reference) < T
+
+
+def test_every_trial_killed_a_live_writer(deaths, record_property):
+    trials = EVENT_TRIALS + TIMED_TRIALS
+    if len(deaths) < trials:
+        pytest.skip("runs after all the trials")
+    live = sum(d.live for d in deaths.values())
+    record_property("live_writer_kills", f"{live}/{trials}")
+    print(f"live_writer_kills: {live}/{trials}")
+    assert live == trials, {k: d for k, d in deaths.items() if not d.live}

@@ -7,13 +7,18 @@ KILL is where to die, counted over the store's own writes:
   meta:N          after the N-th zarr.json write (array growth rewrites it per group)
   marker-tmp:R    with row R's marker written to its temporary file, before the rename
   marker:R        right after row R's marker is committed
-  sleep:S         never by itself: sleep S seconds after every chunk, for the parent to kill
+  sleep:S         never by itself: sleep S seconds after every write event, for the parent to
+                  kill it (tests/storage/crash_harness.kill_mid_write)
   event:N         at the N-th write event of any kind: after a chunk or metadata object reached
                   the store, or just before or just after a row marker's rename (the points
                   between which a crash can fall)
   count           run to completion and print `events N`, the number of such events
   none            run to completion
 The hooks only observe the real LocalStore and os.replace calls and decide when to die.
+
+On stdout the child reports its progress, for the parent to know what it killed: `ready` once
+the hooks are in place, `event N` after each write event that it survives, and `done` once the
+ingestion returned (a child that printed `done` was not killed mid-write).
 """
 
 from __future__ import annotations
@@ -39,15 +44,16 @@ def main(store: str, arrays: str, kill: str) -> None:
         counts["event"] += 1
         if kind == "event" and counts["event"] == int(arg):
             die()
+        print(f"event {counts['event']}", flush=True)
+        if kind == "sleep":
+            time.sleep(float(arg))
 
     real_set = LocalStore.set
 
     async def set_then_maybe_die(self, key, value):
         await real_set(self, key, value)
         event()
-        if kind == "sleep":
-            time.sleep(float(arg))
-        elif kind == "chunk":
+        if kind == "chunk":
             row, k = (int(x) for x in arg.split(":"))
             if f"/c/{row}/" in key:
                 counts["chunk"] += 1
@@ -80,6 +86,7 @@ def main(store: str, arrays: str, kill: str) -> None:
     ingest_arrays(store, arrays)
     if kind == "count":
         print(f"events {counts['event']}", flush=True)
+    print("done", flush=True)
 
 
 if __name__ == "__main__":

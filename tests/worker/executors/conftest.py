@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import pytest
 
+from tests.promised import import_or_skip_missing
 from worker.executors import LocalExecutor
 
 
 @pytest.fixture(scope="module")
 def dask_cluster():
-    from dask.distributed import LocalCluster
-
-    cluster = LocalCluster(
+    distributed = import_or_skip_missing("dask", "dask.distributed")
+    cluster = distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
     )
     try:
@@ -40,8 +40,7 @@ def dask_executor(dask_cluster):
 
 @pytest.fixture(scope="package")
 def ray_executor():
-    import ray
-
+    ray = import_or_skip_missing("ray", "ray")
     from worker.executors.ray import RayExecutor
 
     assert not ray.is_initialized(), "Ray was started outside the ray_executor fixture"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from storage.basis import BasisStore
+from tests.promised import import_or_skip_missing
 from tests.worker.svd.spectra import delta_trajectory, one_group_store
 from worker.executors import LocalExecutor
 from worker.svd.bases import task_basis
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 
 def test_dask_cluster_gives_the_local_bytes_for_both_methods(tmp_path):
-    pytest.importorskip("dask.distributed")
+    import_or_skip_missing("dask", "dask.distributed")
     from worker.executors.dask import DaskExecutor
 
     # 39 vectors of a 1e3-conditioned spectrum over 8 blocks: summing the block Grams in
