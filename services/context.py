@@ -34,7 +34,7 @@ class Registry:
     def from_settings(cls, settings: Settings, db: Database | None = None) -> Registry:
         settings.prepare()
         db = db or Database(settings.resolved_database_url)
-        db.create_all()
+        db.migrate(allow_upgrade=settings.migrate_on_start)
         root = Location.from_url(settings.resolved_store_root, settings.storage_options)
         return cls(settings=settings, db=db, root=root)
 

@@ -1,7 +1,7 @@
 """The database: one engine and session factory per app (SQLite by default, any SQLAlchemy URL).
 
 No module-level engine: `Database(url)` is built by `create_app` and by `tinysub token`, so tests
-and tools each get their own.
+and tools each get their own. The schema comes from the migrations (services/migrations).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.models import Base
+from services import migrations
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:
@@ -28,7 +28,7 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 
 
 class Database:
-    """Engine + session factory. `create_all()` makes the tables (idempotent)."""
+    """Engine + session factory. `migrate()` brings the schema to head (idempotent)."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
         self.url = url
@@ -42,8 +42,10 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
 
-    def create_all(self) -> None:
-        Base.metadata.create_all(self.engine)
+    def migrate(self, *, allow_upgrade: bool = True) -> migrations.SchemaState:
+        """Upgrade the schema to head (creating it in an empty database), or with
+        `allow_upgrade=False` only check that it is there; `SchemaMismatch` says what to run."""
+        return migrations.ensure_schema(self.engine, allow_upgrade=allow_upgrade)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Session]:

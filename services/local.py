@@ -67,7 +67,7 @@ class LocalServer:
             or Settings(data_dir=self.data_dir).resolved_database_url
         )
         db = Database(url)
-        db.create_all()
+        db.migrate()
         with db.session() as s:
             _, plain = create_token(s, name, ["admin"])
         db.dispose()

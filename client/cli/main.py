@@ -9,6 +9,7 @@ import typer
 
 from client.cli import (
     basis,
+    db,
     demo,
     experiment,
     finetune,
@@ -34,6 +35,7 @@ app.add_typer(basis.app, name="basis")
 app.add_typer(task.app, name="task")
 app.add_typer(jobs.app, name="jobs")
 app.add_typer(token.app, name="token")
+app.add_typer(db.app, name="db")
 app.add_typer(experiment.app, name="experiment")
 app.command("inspect")(inspect.inspect_cmd)
 app.command("ingest")(ingest.ingest_cmd)

@@ -9,25 +9,21 @@ import typer
 from rich.table import Table
 
 from client.cli.common import console, err_console, print_json
+from client.cli.db import DataDir, DbUrl, open_database
 
 app = typer.Typer(
     help="Create, list and revoke API tokens (on the database).", no_args_is_help=True
 )
 
-DataDir = Annotated[Path | None, typer.Option(help="Registry data dir (TINYSUB_DATA_DIR).")]
-DbUrl = Annotated[str | None, typer.Option(help="Database URL (TINYSUB_DATABASE_URL).")]
-
 
 def _database(data_dir: Path | None, database_url: str | None):
-    from services.db import Database
-    from services.settings import Settings
-
-    overrides = {"data_dir": data_dir, "database_url": database_url}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
-    if settings.database_url is None:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db = Database(settings.resolved_database_url)
-    db.create_all()
+    # The server's rule: upgrade the schema first unless TINYSUB_MIGRATE_ON_START=false.
+    settings, db = open_database(data_dir, database_url)
+    try:
+        db.migrate(allow_upgrade=settings.migrate_on_start)
+    except BaseException:
+        db.dispose()
+        raise
     return db
 
 

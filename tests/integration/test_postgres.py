@@ -69,7 +69,7 @@ def test_registry_cycle_on_postgres(database_url, tmp_path, layout_small):
 
 def test_types_round_trip(database_url):
     db = Database(database_url)
-    db.create_all()
+    db.migrate()
     aware = datetime(2026, 5, 1, 12, 30, 15, 123456, tzinfo=UTC)
     layout = {"rule": "bert", "groups": [{"name": "layer.0", "params": [["w", [3, 4], 0]]}]}
     try:
