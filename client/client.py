@@ -130,8 +130,30 @@ class Client:
         return Layout.from_dict(self._json("GET", f"/v1/tasks/{task_id}/layout"))
 
     # ------------------------------------------------------------------------ trajectories
-    def trajectory(self, task_id: str) -> dict:
-        return self._json("GET", f"/v1/tasks/{task_id}/trajectory")
+    def trajectory(self, task_id: str, *, page_size: int = 500) -> dict:
+        """The task's trajectory with every committed row's sha256 (`row_sha256`), its pages
+        followed; `trajectory_page` gets one page."""
+        hashes: list[dict[str, str]] = []
+        offset: int | None = 0
+        while offset is not None:
+            page = self.trajectory_page(task_id, offset=offset, limit=page_size)
+            hashes += page["row_sha256"]
+            # A server from before pages answers everything at once, without next_offset.
+            offset = page.get("next_offset")
+        # The last page's counts include rows committed while the earlier ones were read.
+        return {
+            **page,
+            "row_sha256": hashes,
+            "offset": 0,
+            "limit": len(hashes),
+            "next_offset": None,
+        }
+
+    def trajectory_page(self, task_id: str, *, offset: int = 0, limit: int = 50) -> dict:
+        """The trajectory with the sha256s of rows [offset, offset + limit) and `next_offset`
+        (None on the last page)."""
+        params = {"offset": offset, "limit": limit}
+        return self._json("GET", f"/v1/tasks/{task_id}/trajectory", params=params)
 
     def register_trajectory(self, task_id: str, url: str) -> dict:
         """Register an existing store (under the server's store root or a trusted prefix)."""
@@ -160,7 +182,10 @@ class Client:
         try:
             status = self.trajectory(task_id)
         except NotFound:
-            status = self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
+            self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
+            # Every page: a store left by a request that died before the registry's database
+            # commit is taken over with the rows it holds.
+            status = self.trajectory(task_id)
         with progress_bar(progress, f"upload {task_id}") as bar:
             send_rows(
                 self, task_id, rows_from(source, layout, base), layout, status, part_bytes, bar

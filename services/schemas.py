@@ -85,14 +85,22 @@ class TrajectoryCreate(_In):
     chunk_cols: Annotated[int, Field(ge=1024, le=1 << 26)] = 1 << 16
 
 
-class TrajectoryPublic(_Out):
+class TrajectoryPublic(Page):
+    """A trajectory with one page of its rows' sha256s: `row_sha256` holds rows [offset,
+    offset + limit) of `total` (= `rows`); `next_offset` asks for the next page."""
+
     task_id: str
     url: str
     source: Literal["registered", "upload"]
     dtype: str
-    rows: int
+    rows: int = Field(description="Committed rows (the same as total).")
     layout_hash: str
-    row_sha256: list[dict[str, str]] = Field(description="Per committed row, sha256 per group.")
+    row_sha256: list[dict[str, str]] = Field(
+        description="Per committed row of this page (from offset), sha256 per group."
+    )
+    next_offset: int | None = Field(
+        None, description="The offset of the next page; null on the last page."
+    )
     # Pairs as 2-item lists, not tuples: pydantic writes a tuple as `prefixItems`, which
     # FastAPI's OpenAPI 3.1 document turned into an invalid `items: [...]` (schemathesis).
     staged: dict[int, dict[str, list[Annotated[list[int], Field(min_length=2, max_length=2)]]]] = (

@@ -398,7 +398,7 @@ def commit_row(
         store = open_store(reg, traj, read_only=False)
         if row < store.num_rows:
             drop_row(reg, task.id, row)
-            return store.rows[row].to_dict()
+            return store.row(row).to_dict()
         if row != store.num_rows:
             raise InvalidInput(f"row {row} cannot be committed before row {store.num_rows}")
         staged = staged_parts(reg, task.id, row).get(row, {})
@@ -423,7 +423,7 @@ def commit_row(
         traj.rows = store.num_rows
         traj.updated_at = utcnow()
         session.commit()
-        return store.rows[row].to_dict()
+        return store.row(row).to_dict()
 
 
 def _staged_reader(loc: Location, row: int, staged: dict[str, list[tuple[int, int]]]):

@@ -136,7 +136,7 @@ def _ingest(
     for index, row in enumerate(rows):
         with _named(row.name):
             if index < done and not verify_existing:
-                held = store.rows[index].step
+                held = store.row(index).step
                 if row.step is not None and held is not None and held != row.step:
                     raise Conflict(f"row {index} of {store.url} is step {held}, not {row.step}")
                 skipped += 1

@@ -6,12 +6,15 @@ On-disk format (under the store's URL)::
     zarr.json           the zarr v3 root group
     layer.0/ ...        one zarr array per group, shape (capacity, D), chunks (1, chunk_cols)
     _rows/00000000.json commit marker of row 0 (theta0): step, epoch, metrics, sha256 per group
+    _rows/index/...     the row index: the markers' contents, 64 rows a document (row_index.py)
 
 Each checkpoint row lives in its own chunks, so writers never share a chunk. A row is visible only
 once its marker exists, and the marker is written (atomically) after every group of the row has
 been written: a crash mid-checkpoint leaves the committed rows readable, the store re-openable,
 and the next append simply rewrites the half-written row. Chunks carry a crc32c checksum, so a
-corrupted chunk fails on read instead of being returned.
+corrupted chunk fails on read instead of being returned. Opening reads the row index, not every
+marker: a few reads whatever the row count; the index is written after the marker and can only
+lag behind it, which opening makes up for by reading the markers past it.
 
 Durability (local disks): a row's chunk files, the arrays' metadata and the directories leading
 to them are fsynced before its marker is written, and the marker itself is fsynced with its
@@ -23,6 +26,7 @@ unless the row's sha256 shows it is one zarr never stored because it held only z
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -44,6 +48,7 @@ from storage.errors import (
 )
 from storage.layout import Layout
 from storage.objects import Location, zarr_store
+from storage.row_index import RowIndex
 from storage.rows import ROWS_DIR, RowInfo, encode_row, row_key
 
 FORMAT = "tinysub.trajectory/1"
@@ -51,6 +56,8 @@ MANIFEST = "tinysub.json"
 DEFAULT_CHUNK_COLS = 1 << 16  # 256 KiB of float32 per chunk: see docs/architecture.md
 DEFAULT_CAPACITY = 128
 ROW_BLOCK_VALUES = 1 << 18  # write_row_blocks writes ~1 MiB of float32 at a time (whole chunks)
+
+log = logging.getLogger(__name__)
 
 
 class TrajectoryStore:
@@ -66,7 +73,7 @@ class TrajectoryStore:
         # (group, row) of committed rows whose missing chunks the row's sha256 showed to be
         # zeros zarr never stored; shared with the StrictChunks of every root opened.
         self._zero_chunks: set[tuple[str, int]] = set()
-        self._rows: list[RowInfo] = self._scan_rows()
+        self._rows: RowIndex = self._scan_rows()
 
     # ----------------------------------------------------------------------------- opening
     @classmethod
@@ -184,7 +191,21 @@ class TrajectoryStore:
 
     @property
     def rows(self) -> list[RowInfo]:
+        """Every committed row (reads the whole row index: use `row` or `row_page` for some)."""
         return list(self._rows)
+
+    def row(self, index: int) -> RowInfo:
+        """Committed row `index` (at most one read)."""
+        if not 0 <= index < self.num_rows:
+            raise NotFound(f"row {index} is not committed; the store has {self.num_rows} rows")
+        return self._rows[index]
+
+    def row_page(self, offset: int, limit: int) -> list[RowInfo]:
+        """Committed rows [offset, offset + limit), fewer past the end (a read or two for a
+        page of up to 64 rows)."""
+        if offset < 0 or limit < 0:
+            raise InvalidInput(f"offset {offset} and limit {limit} must not be negative")
+        return self._rows[offset : offset + limit]
 
     @property
     def created_at(self) -> float | None:
@@ -193,7 +214,7 @@ class TrajectoryStore:
         return self.manifest.get("created_at")
 
     def refresh(self) -> None:
-        """Re-read the commit markers (another process may have appended rows).
+        """Re-read the row index (another process may have appended rows).
 
         Raises NotFound if the store was deleted and Conflict if another store was created at
         its URL since this handle was opened: a handle never silently switches stores.
@@ -220,14 +241,10 @@ class TrajectoryStore:
         groups = [self.layout.group(group)] if group else self.layout.groups
         return 4 * self.num_rows * sum(g.size for g in groups)
 
-    def _scan_rows(self) -> list[RowInfo]:
+    def _scan_rows(self) -> RowIndex:
         # A row counts only if it and every row before it is committed: a gap means an
         # interrupted write, and rows after a gap were never acknowledged to anyone.
-        names = set(self.loc.list(ROWS_DIR))
-        rows: list[RowInfo] = []
-        while row_key(len(rows)) in names:
-            rows.append(RowInfo.from_dict(self.loc.read_json(ROWS_DIR, row_key(len(rows)))))
-        return rows
+        return RowIndex.load(self.loc)
 
     def _array(self, group: str):
         if group not in self._arrays:
@@ -400,6 +417,14 @@ class TrajectoryStore:
         )
         self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
         self._rows.append(info)
+        try:
+            self._rows.write(index)
+        except StorageError as exc:
+            # The marker committed the row: the index only speeds up opening, and every open
+            # reads the markers past it, so the row stays visible; the next commit retries.
+            log.warning(
+                "row %d of %s is committed; its row index entry is not: %s", index, self.url, exc
+            )
         return index
 
     def _sync_row(self, index: int) -> None:
@@ -439,7 +464,9 @@ class TrajectoryStore:
             written_at=old.written_at,
         )
         self.loc.write_json_atomic(info.to_dict(), ROWS_DIR, row_key(index))
-        self._rows[index] = info
+        self._rows.replace(info)
+        # Readers take metadata from the index: a failure here is the annotation's failure.
+        self._rows.write(index)
         return info
 
     def _ensure_capacity(self, rows: int) -> None:

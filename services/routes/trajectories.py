@@ -1,7 +1,7 @@
 """A task's trajectory: register a store by URL or create one, then upload rows in parts.
 
 POST   /v1/tasks/{id}/trajectory                               register {url} or create {}
-GET    /v1/tasks/{id}/trajectory                               rows, sha256s, staged parts
+GET    /v1/tasks/{id}/trajectory?offset=N&limit=M              rows, a page of sha256s, staged
 PUT    /v1/tasks/{id}/trajectory/rows/{row}/groups/{group}?offset=N   raw float32 values
 POST   /v1/tasks/{id}/trajectory/rows/{row}/commit             {step, epoch, metrics}
 DELETE /v1/tasks/{id}/trajectory/rows/{row}                    drop a staged row
@@ -34,11 +34,17 @@ router = APIRouter(
 )
 Row = Annotated[int, Path(ge=0, le=10**7)]
 Group = Annotated[str, Path(max_length=128)]
+# The row hashes come in pages, as every list does (tasks, bases, jobs, runs).
+PageOffset = Annotated[int, Query(ge=0, le=2**31 - 1)]
+PageLimit = Annotated[int, Query(ge=1, le=500)]
 
 
-def _public(reg, session, task_id: str) -> dict:
+def _public(reg, session, task_id: str, offset: int = 0, limit: int = 50) -> dict:
     traj = traj_service.get_trajectory(session, task_id)
     store = traj_service.refresh_rows(reg, session, traj)
+    limit = min(limit, reg.settings.page_size_max)
+    page = store.row_page(offset, limit)
+    following = offset + len(page)
     return {
         "task_id": task_id,
         "url": traj.url,
@@ -46,8 +52,12 @@ def _public(reg, session, task_id: str) -> dict:
         "dtype": store.dtype,
         "rows": store.num_rows,
         "layout_hash": store.layout.hash,
-        "row_sha256": [r.sha256 for r in store.rows],
+        "row_sha256": [r.sha256 for r in page],
         "staged": traj_service.staged_parts(reg, task_id) if traj.source == "upload" else {},
+        "total": store.num_rows,
+        "offset": offset,
+        "limit": limit,
+        "next_offset": following if page and following < store.num_rows else None,
     }
 
 
@@ -64,9 +74,17 @@ def create_or_register(
 
 
 @router.get("", response_model=TrajectoryPublic)
-def get(task_id: TaskId, registry: RegistryDep, session: SessionDep, _: Reader) -> dict:
+def get(
+    task_id: TaskId,
+    registry: RegistryDep,
+    session: SessionDep,
+    _: Reader,
+    offset: PageOffset = 0,
+    limit: PageLimit = 50,
+) -> dict:
+    """The trajectory, with the sha256s of committed rows [offset, offset + limit)."""
     traj_service.get_task(session, task_id)
-    return _public(registry, session, task_id)
+    return _public(registry, session, task_id, offset, limit)
 
 
 @router.put(

@@ -40,6 +40,15 @@ def _task_with_rows(client, tmp_path, layout, task_id="a", rows=6, seed=0):
     return store
 
 
+def test_trajectory_follows_every_page(client, tmp_path, layout):
+    hashes = [r.sha256 for r in _task_with_rows(client, tmp_path, layout, rows=7).rows]
+    traj = client.trajectory("a", page_size=3)
+    assert traj["row_sha256"] == hashes and traj["rows"] == traj["total"] == 7
+    assert traj["offset"] == 0 and traj["next_offset"] is None
+    page = client.trajectory_page("a", offset=3, limit=2)
+    assert page["row_sha256"] == hashes[3:5] and page["next_offset"] == 5
+
+
 def _ready_basis(client, tmp_path, layout, rank=3):
     store = _task_with_rows(client, tmp_path, layout)
     job = client.compute_basis("a", "task", rank=rank)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from storage.layout import build_layout
 from storage.trajectory import TrajectoryStore
 from tests.conftest import make_trajectory
 from tests.services.helpers import add_task, api_client, make_app, write_store
+from tests.storage.test_row_index import counting_reads
 
 
 def _create(api, layout, task_id="t"):
@@ -200,3 +202,63 @@ def test_drop_staged_row(api, layout):
     assert api.delete("/v1/tasks/t/trajectory/rows/0").status_code == 204
     assert api.get("/v1/tasks/t/trajectory").json()["staged"] == {}
     assert _put(api, "t", 0, g, np.zeros(8)).status_code == 200
+
+
+# ------------------------------------------------------------- issue 12, finding 10: pages
+def test_get_trajectory_pages_the_row_hashes(api, tmp_path, layout):
+    store = add_task(api, tmp_path, "t", layout, rows=7)
+    hashes = [r.sha256 for r in store.rows]
+    first = api.get("/v1/tasks/t/trajectory", params={"limit": 3}).json()
+    assert first["row_sha256"] == hashes[:3]
+    page = (first["rows"], first["total"], first["offset"], first["limit"], first["next_offset"])
+    assert page == (7, 7, 0, 3, 3)
+    last = api.get("/v1/tasks/t/trajectory", params={"offset": 6, "limit": 3}).json()
+    assert last["row_sha256"] == hashes[6:] and last["next_offset"] is None
+    past = api.get("/v1/tasks/t/trajectory", params={"offset": 9}).json()
+    assert past["row_sha256"] == [] and past["next_offset"] is None and past["rows"] == 7
+    default = api.get("/v1/tasks/t/trajectory").json()
+    assert default["limit"] == 50 and default["row_sha256"] == hashes
+    walked, offset = [], 0
+    while offset is not None:
+        got = api.get("/v1/tasks/t/trajectory", params={"offset": offset, "limit": 2}).json()
+        walked, offset = walked + got["row_sha256"], got["next_offset"]
+    assert walked == hashes
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [({"offset": -1}, "offset"), ({"limit": 0}, "limit"), ({"limit": 501}, "limit")]
+    + [({"limit": "all"}, "limit")],
+)
+def test_a_bad_page_is_422_naming_the_parameter(api, tmp_path, layout, params, name):
+    add_task(api, tmp_path, "t", layout, rows=2)
+    r = api.get("/v1/tasks/t/trajectory", params=params)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_input"
+    assert r.json()["message"].startswith(f"query.{name}:"), r.json()["message"]
+
+
+def test_get_and_part_upload_read_as_much_for_many_rows_as_for_few(api, layout):
+    _create(api, layout)
+    url = api.post("/v1/tasks/t/trajectory", json={}).json()["url"]
+    writer = TrajectoryStore.open(url, read_only=False)
+    rows, g = make_trajectory(layout, 150, seed=2), layout.group_names[1]
+
+    def append(upto: int) -> None:
+        with mock.patch.object(os, "fsync", lambda fd: None):  # reads are counted, not fsyncs
+            while writer.num_rows < upto:
+                writer.append(rows[writer.num_rows])
+
+    def reads() -> dict:
+        with counting_reads() as counts:
+            assert api.get("/v1/tasks/t/trajectory", params={"limit": 10}).status_code == 200
+            assert _put(api, "t", writer.num_rows, g, np.ones(8)).json()["status"] == "staged"
+        api.delete(f"/v1/tasks/t/trajectory/rows/{writer.num_rows}")
+        return dict(counts)
+
+    # 66 rows span two row index segments (64 rows each): in both cases the page is one
+    # segment and opening reads the last, so only the row count differs.
+    append(66)
+    few = reads()
+    append(150)
+    assert reads() == few

@@ -308,12 +308,13 @@ class TrajectoryStoreSuite:
             after = self.snapshot(url)
             touched = {k for k in after if before.get(k) != after[k]}
             chunks = {k for k in touched if "/c/" in k}
-            # Only this row's chunks (key `<group>/c/<row>/<col chunk>`) and its marker change.
+            # Only this row's chunks (key `<group>/c/<row>/<col chunk>`), its marker and the
+            # row index segment that holds it change.
             expected = {
                 f"{g.name}/c/{i}/{j}" for g in layout.groups for j in range(-(-g.size // CHUNK))
             }
             assert chunks == expected
-            assert touched - chunks == {f"_rows/{i:08d}.json"}
+            assert touched - chunks == {f"_rows/{i:08d}.json", "_rows/index/00000000.json"}
 
     def test_column_ranges_follow_the_chunk_grid(self, url, layout):
         store = self.create(url, layout)
@@ -339,6 +340,28 @@ class TrajectoryStoreSuite:
         reader.refresh()
         assert reader.num_rows == 3
         np.testing.assert_array_equal(reader.read_row(2, "layer.1"), rows[2]["layer.1"])
+
+    def test_rows_committed_past_the_row_index_are_seen(self, url, layout):
+        # A crash between a row's marker and its row index entry leaves the index behind; a
+        # store written before the index existed has none. Both open with every row.
+        rows = make_trajectory(layout, 3)
+        store = self.create(url, layout)
+        store.append(rows[0], step=0)
+        loc = Location.from_url(url)
+        behind = loc.read_bytes("_rows", "index", "00000000.json")
+        store.append(rows[1], step=1)
+        loc.write_bytes_atomic(behind, "_rows", "index", "00000000.json")
+        reader = TrajectoryStore.open(url)
+        assert reader.num_rows == 2 and reader.rows == store.rows
+        loc.delete("_rows", "index", recursive=True)
+        assert TrajectoryStore.open(url).rows == store.rows
+        # A writer's next commit writes the index again.
+        writer = TrajectoryStore.open(url, read_only=False)
+        writer.append(rows[2], step=2)
+        assert loc.list("_rows", "index") == ["00000000.json"]
+        segment = loc.read_json("_rows", "index", "00000000.json")
+        assert [r["step"] for r in segment["rows"]] == [0, 1, 2]
+        assert TrajectoryStore.open(url).rows == writer.rows
 
     def test_annotate_merges_metrics_and_keeps_the_row(self, url, layout):
         rows = make_trajectory(layout, 2)

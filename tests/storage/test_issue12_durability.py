@@ -6,7 +6,7 @@
   is only data loss when the row's sha256 says so: an all-zero chunk that was never stored
   still reads as the zeros it holds.
 - Every chunk file of a row, the array metadata and the directories leading to them are
-  fsynced before the row's commit marker is written.
+  fsynced before the row's commit marker is written, and the marker before its row index entry.
 - A simulated power cut (a disk that keeps only what was fsynced) at any point of an append,
   or of creating a store, leaves the last row either committed and readable or absent.
 """
@@ -176,9 +176,14 @@ def test_chunks_and_directories_are_fsynced_before_the_marker(tmp_path, monkeypa
     log = SyncLog(monkeypatch)
     store.append(rows(3)[2])
     marker = log.first_touching("_rows/00000002.json")  # its temporary file's fsync
+    renamed = log.first("replace", f"{store.url}/_rows/00000002.json")
+    assert log.events[renamed + 1] == ("fsync", f"{store.url}/_rows")
+    # The row index entry is written once the marker is durable: the index never leads the
+    # markers, and it is the last thing an append writes.
+    assert renamed + 1 < log.first_touching("_rows/index/")
     assert log.events[-2:] == [
-        ("replace", f"{store.url}/_rows/00000002.json"),
-        ("fsync", f"{store.url}/_rows"),
+        ("replace", f"{store.url}/_rows/index/00000000.json"),
+        ("fsync", f"{store.url}/_rows/index"),
     ]
     for group, size in SIZES.items():
         array = f"{store.url}/{group}"
