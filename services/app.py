@@ -23,6 +23,7 @@ from services.db import Database
 from services.errors import install_error_handlers
 from services.jobs import JobRunner
 from services.middleware import BodyLimit
+from services.observability import Metrics, Observe
 from services.routes import api_router
 from services.settings import Settings
 from services.streaming import UploadSlots
@@ -51,6 +52,8 @@ def create_app(
     settings = settings or Settings()
     registry = Registry.from_settings(settings, database)
     runner = JobRunner(registry)
+    metrics = Metrics(registry.db)
+    runner.metrics = metrics
     start_jobs = settings.run_jobs if run_jobs is None else run_jobs
 
     @contextlib.asynccontextmanager
@@ -76,6 +79,9 @@ def create_app(
     app.add_middleware(
         BodyLimit, upload_bytes=settings.max_upload_bytes, json_bytes=settings.max_json_bytes
     )
+    app.state.metrics = metrics
+    # Added last: outermost, so it sees every response (413s of BodyLimit included).
+    app.add_middleware(Observe, metrics=metrics, templates=lambda: app.openapi()["paths"])
     app.include_router(api_router())
     return app
 

@@ -211,6 +211,7 @@ class JobRunner:
         self.owner = uuid.uuid4().hex[:16]
         self.executors = ExecutorPool(registry)
         self.lock = RunnerLock(registry.db)
+        self.metrics: Any = None  # services.observability.Metrics, set by the app
         self.stopping = False
         self._leases: dict[int, Lease] = {}
         self._leases_guard = threading.Lock()
@@ -381,6 +382,16 @@ class JobRunner:
 
     def run_job(self, job_id: int) -> str:
         """Run one job this runner claimed to its end; returns its final status."""
+        start = time.monotonic()
+        seen = {"kind": "unknown", "status": "error"}  # "error": the run itself raised
+        try:
+            seen["status"] = self._run_job(job_id, seen)
+            return seen["status"]
+        finally:
+            if self.metrics is not None:
+                self.metrics.observe_job(seen["kind"], seen["status"], time.monotonic() - start)
+
+    def _run_job(self, job_id: int, seen: dict[str, str]) -> str:
         settings = self.registry.settings
         with self._leases_guard:
             lease = self._leases.pop(job_id, None)
@@ -390,6 +401,7 @@ class JobRunner:
             spec, attempts, cancel = self._spec(job_id)
         except TinysubError as exc:
             return self._finish_failed(lease, None, exc.code, str(exc))
+        seen["kind"] = spec.kind
         beat = _Heartbeat(self, lease)
         progress = _Progress(self, lease, beat)
         beat.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -90,6 +90,11 @@ class Settings(BaseSettings):
         gt=0,
         description="A job running longer than this (from its claim) is failed with "
         "`job_timeout`; it is checked at every progress step of the kernels.",
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Server log lines: text, or one JSON object per line; both carry the "
+        "request ID (X-Request-ID).",
     )
     max_basis_values: int = Field(
         default=1 << 33,

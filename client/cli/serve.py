@@ -33,6 +33,7 @@ def serve_cmd(
     import uvicorn
 
     from services.app import create_app
+    from services.observability import log_config
     from services.settings import Settings
 
     overrides = {
@@ -50,4 +51,6 @@ def serve_cmd(
         f"tinysub registry on http://{host}:{port} (store {settings.resolved_store_root}, "
         f"executor {settings.executor})"
     )
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    # Our log lines and uvicorn's, text or JSON (TINYSUB_LOG_FORMAT), each with its request ID.
+    config = log_config(settings.log_format, log_level)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=config)

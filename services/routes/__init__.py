@@ -7,9 +7,19 @@ from fastapi import APIRouter
 
 def api_router() -> APIRouter:
     from services.errors import error_responses
-    from services.routes import bases, health, jobs, recompute, runs, tasks, tokens, trajectories
+    from services.routes import (
+        bases,
+        health,
+        jobs,
+        metrics,
+        recompute,
+        runs,
+        tasks,
+        tokens,
+        trajectories,
+    )
 
     router = APIRouter(prefix="/v1", responses=error_responses())
-    for module in (health, tokens, tasks, trajectories, bases, jobs, recompute, runs):
+    for module in (health, tokens, tasks, trajectories, bases, jobs, recompute, runs, metrics):
         router.include_router(module.router)
     return router
