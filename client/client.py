@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from client.cache import BasisCache, default_cache_dir, server_key
+from client.credentials import token_from_env
 from client.errors import raise_for_response
 from client.jobs import Job
 from client.sources import rows_from
@@ -32,7 +33,8 @@ class Client:
     base_url:
         The server, e.g. ``http://127.0.0.1:8000``.
     token:
-        A bearer token (``tinysub token create``); default: ``TINYSUB_TOKEN``.
+        A bearer token (``tinysub token create``); default: ``TINYSUB_TOKEN``, else the
+        first line of the file ``TINYSUB_TOKEN_FILE`` names (a mounted secret).
     timeout:
         Seconds, or an ``httpx.Timeout``.
     cache_dir:
@@ -51,7 +53,7 @@ class Client:
         http: httpx.Client | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.token = token if token is not None else os.environ.get("TINYSUB_TOKEN")
+        self.token = token if token is not None else token_from_env()
         self.cache = BasisCache(cache_dir if cache_dir is not None else default_cache_dir())
         self._server = server_key(self.base_url)
         self._owns_http = http is None

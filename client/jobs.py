@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from client.errors import error_from_body
@@ -46,19 +47,36 @@ class Job:
         self._update(self._client._json("POST", f"/v1/jobs/{self.id}/cancel"))
         return self
 
+    @property
+    def fraction(self) -> float | None:
+        """How far the current phase is, from the server's progress record (None if unknown)."""
+        phase = self.progress.get("phase")
+        counts = (self.progress.get("phases") or {}).get(phase) or {}
+        total = counts.get("total")
+        return counts.get("done", 0) / total if total else None
+
     def wait(
-        self, timeout: float | None = None, poll: float = 0.25, raise_on_error: bool = True
+        self,
+        timeout: float | None = None,
+        poll: float = 0.25,
+        raise_on_error: bool = True,
+        *,
+        on_update: Callable[[Job], None] | None = None,
     ) -> Job:
         """Poll until the job ends. A failed or cancelled job raises the error it recorded
         (rebuilt as its TinysubError class) unless raise_on_error is False; TimeoutError when
-        `timeout` seconds pass first."""
+        `timeout` seconds pass first. `on_update(job)` runs after every poll (progress bars)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = min(poll, 0.05)
         while not self.refresh().done:
+            if on_update is not None:
+                on_update(self)
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"job {self.id} still {self.status} after {timeout} s")
             time.sleep(delay)
             delay = min(poll, delay * 2)
+        if on_update is not None:
+            on_update(self)
         if raise_on_error and self.status != "succeeded":
             code = self.error_code if self.error_code != "cancelled" else "conflict"
             raise error_from_body(

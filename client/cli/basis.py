@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from client.cli.common import console, phase_progress, print_json
+from client.cli.common import console, job_progress, phase_progress, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
 
@@ -149,11 +149,12 @@ def order(
     seed: Annotated[int, typer.Option(help="random: the seed.")] = 0,
     executor: Annotated[str | None, typer.Option(help="local or the server's executor.")] = None,
     wait: Annotated[bool, typer.Option(help="Wait until the basis is ready.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Order a basis from the registry; prints the job."""
+    """Order a basis from the registry; prints the job (with --wait, its progress first)."""
     from client.cli import remote
 
     with remote.open_client(url, token) as c:
@@ -168,7 +169,8 @@ def order(
             executor=executor,
         )
         if wait:
-            job.wait()
+            with job_progress(show_progress(quiet or json_out)) as update:
+                job.wait(on_update=update)
     if json_out:
         print_json(job.data)
     else:

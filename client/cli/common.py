@@ -39,5 +39,39 @@ def phase_progress(enabled: bool = True) -> Iterator[Any]:
         yield cb
 
 
+def show_progress(quiet: bool) -> bool:
+    """Progress bars go to stderr, and only where a person watches it."""
+    return not quiet and err_console.is_terminal
+
+
+@contextlib.contextmanager
+def job_progress(enabled: bool) -> Iterator[Any]:
+    """`on_update(job)` for `Job.wait`: one bar per job with the server-reported phase and
+    fraction (the server records each job's progress as the kernels report it)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        TextColumn("{task.fields[phase]:>10}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        TimeElapsedColumn(),
+        console=err_console,
+    ) as bar:
+        tasks: dict[int, Any] = {}
+
+        def on_update(job: Any) -> None:
+            b = job.basis
+            if job.id not in tasks:
+                name = f"job {job.id} {b['task_id']}/{b['kind']} v{b['version']}"
+                tasks[job.id] = bar.add_task(name, total=1.0, phase="")
+            phase = job.status if job.done else job.progress.get("phase", job.status)
+            done = 1.0 if job.status == "succeeded" else job.fraction
+            bar.update(tasks[job.id], completed=done or 0.0, phase=phase)
+
+        yield on_update
+
+
 def print_json(obj: Any) -> None:
     console.print_json(json.dumps(obj, default=str))

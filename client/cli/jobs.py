@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from client.cli import remote
-from client.cli.common import console, print_json
+from client.cli.common import console, job_progress, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 app = typer.Typer(help="Basis jobs on a registry.", no_args_is_help=True)
@@ -55,12 +55,14 @@ def show(job_id: int, url: UrlOption = DEFAULT_URL, token: TokenOption = None) -
 def wait(
     job_id: int,
     timeout: Annotated[float | None, typer.Option(help="Seconds.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
 ) -> None:
-    """Block until the job ends; a failed job exits non-zero with its error."""
-    with remote.open_client(url, token) as c:
-        job = c.job(job_id).wait(timeout=timeout)
+    """Block until the job ends, showing its phase and progress; a failed job exits non-zero
+    with its error."""
+    with remote.open_client(url, token) as c, job_progress(show_progress(quiet)) as update:
+        job = c.job(job_id).wait(timeout=timeout, on_update=update)
     console.print(f"job {job.id}: {job.status}")
 
 

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from client.cli import remote
-from client.cli.common import console, print_json
+from client.cli.common import console, job_progress, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 
@@ -21,6 +21,7 @@ def recompute_cmd(
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Report, queue nothing.")] = False,
     wait: Annotated[bool, typer.Option(help="Wait for the queued jobs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
@@ -35,9 +36,10 @@ def recompute_cmd(
             dry_run=dry_run,
         )
         if wait:
-            for item in result["queued"]:
-                if item["job_id"] is not None:
-                    c.job(item["job_id"]).wait()
+            with job_progress(show_progress(quiet or json_out)) as update:
+                for item in result["queued"]:
+                    if item["job_id"] is not None:
+                        c.job(item["job_id"]).wait(on_update=update)
     if json_out:
         print_json(result)
         return

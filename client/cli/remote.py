@@ -15,7 +15,8 @@ TokenOption = Annotated[
     typer.Option(
         "--token",
         envvar="TINYSUB_TOKEN",
-        help="Bearer token (env TINYSUB_TOKEN).",
+        help="Bearer token. Prefer the env TINYSUB_TOKEN or TINYSUB_TOKEN_FILE (a file holding "
+        "it): a token on the command line shows in `ps` and shell history.",
         show_default=False,
     ),
 ]

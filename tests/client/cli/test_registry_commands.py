@@ -107,3 +107,43 @@ def test_unreachable_registry_is_one_line(tmp_path, capsys, monkeypatch):
     code = run(["jobs", "list", "--url", "http://127.0.0.1:9"])
     assert code == 2
     assert "cannot reach the registry" in capsys.readouterr().err
+
+
+def test_waiting_shows_the_jobs_phase_and_progress_on_a_terminal(
+    registry, tmp_path, capsys, monkeypatch
+):
+    import io
+
+    from rich.console import Console
+
+    from client.cli import common
+
+    monkeypatch.setenv("TINYSUB_TOKEN", _token(registry, capsys, "write"))
+    local = write_store(tmp_path / "local", "a", small_layout(), rows=5)
+    assert run(["task", "create", "a", "--model", "tiny", "--store", local.url]) == 0
+    assert run(["task", "upload", "a", local.url, "-q"]) == 0
+    screen = io.StringIO()
+    monkeypatch.setattr(common, "err_console", Console(file=screen, force_terminal=True, width=120))
+    assert run(["basis", "order", "a", "--rank", "2", "--wait"]) == 0
+    shown = screen.getvalue()
+    assert "job 1 a/task v1" in shown and "succeeded" in shown and "100%" in shown
+    # --quiet, or a stderr that is not a terminal: no bar at all
+    screen.truncate(0)
+    assert run(["jobs", "wait", "1", "--quiet"]) == 0
+    assert screen.getvalue() == ""
+    monkeypatch.setattr(common, "err_console", Console(file=screen, force_terminal=False))
+    assert run(["basis", "order", "a", "--rank", "2", "--wait"]) == 0
+    assert screen.getvalue() == ""
+
+
+def test_job_fraction_reads_the_current_phase():
+    from client.jobs import Job
+
+    data = {"id": 1, "status": "running", "basis": {}, "attempts": 1}
+    progress = {"phase": "project", "phases": {"gram": {"done": 4, "total": 4}}}
+    job = Job(
+        None, {**data, "progress": {**progress, "phases": {"project": {"done": 1, "total": 4}}}}
+    )
+    assert job.fraction == 0.25
+    assert Job(None, {**data, "progress": progress}).fraction is None  # no counts for the phase
+    assert Job(None, {**data, "progress": {}}).fraction is None
