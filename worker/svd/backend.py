@@ -77,6 +77,16 @@ def _resolve(want: str) -> str:
 # cache between the float32 -> float64 conversion and the product (measured: 2048-32768 are
 # within 10% of each other on the CPU; 8192 was fastest).
 SUB_BLOCK = 8192
+# On a GPU a sub-block of 8,192 columns is a 1 MB copy and a microsecond kernel: launch and
+# transfer latency dominated (H200, t = 32, D = 7M: 2.4 s, slower than 16 CPU cores). 2^18
+# columns per step (32 MB float32 over PCIe, one float64 GEMM) costs the same memory as a
+# CPU task's block. GPU bases are bit-stable run to run on one GPU model, not equal to CPU bits.
+GPU_SUB_BLOCK = 1 << 18
+
+
+def sub_block(device: str) -> int:
+    """Columns per product step on `device` (numpy and the CPU keep 8,192: their bits)."""
+    return GPU_SUB_BLOCK if device.startswith("cuda") else SUB_BLOCK
 
 
 @contextlib.contextmanager
@@ -174,8 +184,9 @@ class Products:
         n = block.shape[0] + (append is not None)
         ed = self._dev(e)
         y = sq = ge = None
-        for a in range(0, c, SUB_BLOCK):
-            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
+        step = sub_block(self._rdev)
+        for a in range(0, c, step):
+            x = self._as64(block[:, a : a + step], _cut(refs, a, step), _cut1(append, a, step))
             b = a + x.shape[1]
             yb = x @ self._dev(omega(a, b))
             sqb = (x * x).sum(1)
@@ -205,8 +216,9 @@ class Products:
         n = block.shape[0] + (append is not None)
         md = self._dev(m)
         z = cc = None
-        for a in range(0, c, SUB_BLOCK):
-            x = self._as64(block[:, a : a + SUB_BLOCK], _cut(refs, a), _cut1(append, a))
+        step = sub_block(self._rdev)
+        for a in range(0, c, step):
+            x = self._as64(block[:, a : a + step], _cut(refs, a, step), _cut1(append, a, step))
             xm = x.T @ md  # (sub, L)
             zb = x @ xm
             z = zb if z is None else z + zb
@@ -270,10 +282,11 @@ def gram_torch(
     device='cpu', which is how the tests check it on hosts without a GPU."""
     c = block.shape[1]
     n = block.shape[0] + (append is not None)
+    step = sub_block(device)
     g = torch.zeros((n, n), dtype=torch.float64, device=device)
-    buf = torch.empty((n, min(SUB_BLOCK, c)), dtype=torch.float64, device=device)
-    for a in range(0, c, SUB_BLOCK):
-        x = _as64_torch(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+    buf = torch.empty((n, min(step, c)), dtype=torch.float64, device=device)
+    for a in range(0, c, step):
+        x = _as64_torch(block[:, a : a + step], _cut(refs, a, step), buf, _cut1(append, a, step))
         g.addmm_(x, x.T)
     return g.cpu().numpy()
 
@@ -291,14 +304,19 @@ def project_torch(
     n = block.shape[0] + (append is not None)
     out = np.empty((c, m.shape[1]), dtype=np.float32) if out is None else out
     out_t = torch.from_numpy(out)
+    step = sub_block(device)
     mt = torch.from_numpy(np.ascontiguousarray(m, dtype=np.float64)).to(device)
-    buf = torch.empty((n, min(SUB_BLOCK, c)), dtype=torch.float64, device=device)
-    prod = torch.empty((min(SUB_BLOCK, c), m.shape[1]), dtype=torch.float64, device=device)
-    for a in range(0, c, SUB_BLOCK):
-        x = _as64_torch(block[:, a : a + SUB_BLOCK], _cut(refs, a), buf, _cut1(append, a))
+    buf = torch.empty((n, min(step, c)), dtype=torch.float64, device=device)
+    prod = torch.empty((min(step, c), m.shape[1]), dtype=torch.float64, device=device)
+    on_gpu = device != "cpu"
+    for a in range(0, c, step):
+        x = _as64_torch(block[:, a : a + step], _cut(refs, a, step), buf, _cut1(append, a, step))
         w = x.shape[1]
         torch.mm(x.T, mt, out=prod[:w])
-        out_t[a : a + w].copy_(prod[:w])  # rounds to float32 (and copies off the GPU)
+        if on_gpu:  # round on the device: half the bytes over PCIe
+            out_t[a : a + w].copy_(prod[:w].to(torch.float32))
+        else:
+            out_t[a : a + w].copy_(prod[:w])  # rounds to float32
     return out
 
 
@@ -324,7 +342,10 @@ def _as64_torch(x32: np.ndarray, refs: Refs | None, buf, append: np.ndarray | No
     if buf.shape[1] != w:
         buf = torch.empty((n + (append is not None), w), dtype=buf.dtype, device=buf.device)
     x = buf
-    x[:n].copy_(torch.from_numpy(np.ascontiguousarray(x32)))
+    x32_t = torch.from_numpy(np.ascontiguousarray(x32))
+    if buf.device.type != "cpu":
+        x32_t = x32_t.to(buf.device)  # float32 over PCIe, widened to float64 on the device
+    x[:n].copy_(x32_t)
     for rows, ref in refs or ():
         x[rows] -= torch.from_numpy(np.ascontiguousarray(ref)).to(buf.device)
     if append is not None:
@@ -332,11 +353,11 @@ def _as64_torch(x32: np.ndarray, refs: Refs | None, buf, append: np.ndarray | No
     return x
 
 
-def _cut(refs, a):
+def _cut(refs, a, step=SUB_BLOCK):
     if not refs:
         return None
-    return [(rows, ref[a : a + SUB_BLOCK]) for rows, ref in refs]
+    return [(rows, ref[a : a + step]) for rows, ref in refs]
 
 
-def _cut1(row, a):
-    return None if row is None else row[a : a + SUB_BLOCK]
+def _cut1(row, a, step=SUB_BLOCK):
+    return None if row is None else row[a : a + step]

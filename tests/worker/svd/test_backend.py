@@ -10,10 +10,12 @@ import torch
 
 from storage.basis import BasisStore
 from storage.errors import InvalidInput
+from worker.svd import backend
 from worker.svd.backend import (
     SUB_BLOCK,
     Products,
     gram_torch,
+    project_torch,
     resolve_device,
     single_thread,
 )
@@ -79,6 +81,25 @@ def test_numpy_and_torch_grams_agree_to_1e12(delta):
     with single_thread():
         g_one = gram_torch(w, refs, "cpu")
     assert np.array_equal(Products("cpu").gram(w, refs), g_one)
+
+
+@pytest.mark.parametrize("step", [7, 1 << 18])  # ragged steps, and the GPU's one-step blocks
+def test_the_gpu_step_gives_the_same_products(monkeypatch, step):
+    """The GPU path takes 2^18 columns per step (not 8,192); run it on the CPU with other steps:
+    the same products to float64 rounding, refs and the raw-mode row included."""
+    assert backend.sub_block("cuda") == backend.GPU_SUB_BLOCK
+    assert backend.sub_block("cpu") == backend.sub_block("numpy") == backend.SUB_BLOCK
+    w = _trajectory()
+    refs = [(slice(1, w.shape[0]), w[0])]
+    append = w[2].copy()
+    m = np.random.default_rng(3).standard_normal((w.shape[0] + 1, 4))
+    g_ref = gram_torch(w, refs, "cpu", append)
+    v_ref = project_torch(w, m, refs, "cpu", append)
+    monkeypatch.setattr(backend, "sub_block", lambda device: step)
+    g = gram_torch(w, refs, "cpu", append)
+    v = project_torch(w, m, refs, "cpu", append)
+    assert np.abs(g - g_ref).max() <= 1e-12 * np.abs(g_ref).max()
+    np.testing.assert_allclose(v, v_ref, rtol=2**-22, atol=1e-12 * np.abs(v_ref).max())
 
 
 def test_numpy_and_torch_projections_agree():
