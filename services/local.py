@@ -37,7 +37,9 @@ class LocalServer:
         port: int | None = None,
         log_level: str = "warning",
     ) -> None:
-        self.data_dir = Path(data_dir)
+        # Absolute: the server runs with the repository as its working directory, and a
+        # relative data dir would name another folder there than here (admin_token, logs).
+        self.data_dir = Path(data_dir).resolve()
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         pythonpath = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
