@@ -52,8 +52,9 @@ COPY docker/finetune_example.py /usr/local/bin/tinysub-finetune-check
 # An unprivileged user; the folders named volumes mount on are created (and owned) here so
 # that the volumes start out writable by it.
 RUN useradd --create-home --uid 10001 tinysub \
-    && mkdir -p /var/lib/tinysub /cache /run/tinysub \
-    && chown tinysub:tinysub /var/lib/tinysub /cache /run/tinysub
+    && mkdir -p /var/lib/tinysub /cache /run/tinysub /run/dask-tls /var/lib/dask-ca \
+    && chown tinysub:tinysub /var/lib/tinysub /cache /run/tinysub /run/dask-tls /var/lib/dask-ca \
+    && chmod 700 /var/lib/dask-ca
 USER tinysub
 ENV TINYSUB_DATA_DIR=/var/lib/tinysub \
     TINYSUB_CACHE=/cache

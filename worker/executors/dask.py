@@ -40,10 +40,12 @@ def _live_keys(dask_worker) -> list[str]:
 class DaskExecutor(Executor):
     """Run tasks on a Dask cluster.
 
-    address: a scheduler address ("tcp://host:8786") to connect to; the cluster is left running
-    on close. client: an existing dask.distributed Client to use (not closed on close). With
-    neither, a LocalCluster of `workers` processes (default 2) with one thread each is started
-    and shut down on close: one thread per process gives each BLAS call a core to itself.
+    address: a scheduler address ("tcp://host:8786", or "tls://host:8786" with the certificates
+    in Dask's configuration, as docker-compose.yml sets them: worker/executors/dask_tls.py) to
+    connect to; the cluster is left running on close. client: an existing dask.distributed
+    Client to use (not closed on close). With neither, a LocalCluster of `workers` processes
+    (default 2) with one thread each is started and shut down on close: one thread per process
+    gives each BLAS call a core to itself.
     """
 
     name = "dask"
