@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(child(json.loads(args.child))))
         return 0
 
-    from services.topology import DaskCluster, LocalS3, RayHead
+    from tests.topology import DaskCluster, LocalS3, RayHead
 
     sizes = TINY if args.tiny else FULL
     cache = args.cache_dir / ("tiny" if args.tiny else "full")

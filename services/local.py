@@ -2,6 +2,10 @@
 
 with LocalServer(data_dir) as server:       # `tinysub serve` on a free 127.0.0.1 port
     client = Client(server.url, token=server.admin_token())
+
+It ships in the package because a user-facing command needs it: `tinysub demo` starts its own
+registry with it. The test-only topology (PostgreSQL, moto's S3, Dask and Ray clusters as
+processes) lives in tests/topology.py.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.topology import LocalPostgres, LocalS3, postgres_unavailable
 from tests.promised import import_or_skip_missing
+from tests.topology import LocalPostgres, LocalS3, postgres_unavailable
 
 
 @pytest.fixture(scope="session")

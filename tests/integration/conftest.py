@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from services.topology import postgres_unavailable
 from tests import servers
 from tests.promised import skip_missing
+from tests.topology import postgres_unavailable
 
 local_s3 = servers.local_s3
 local_postgres = servers.local_postgres

@@ -35,7 +35,7 @@ def s3(tmp_path_factory):
     import boto3
 
     from services.local import REPO
-    from services.topology import LocalS3
+    from tests.topology import LocalS3
 
     server = LocalS3(tmp_path_factory.mktemp("s3-iam"), bucket=BUCKET)
     try:

@@ -25,11 +25,11 @@ import pytest
 
 from client import Client
 from services.local import REPO, LocalServer
-from services.topology import DaskCluster, RayHead, child_env
 from storage.basis import BasisStore
 from storage.ingest import ingest_arrays
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
+from tests.topology import DaskCluster, RayHead, child_env
 from worker.executors import LocalExecutor
 from worker.svd.bases import task_basis
 

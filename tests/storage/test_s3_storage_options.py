@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from services.local import REPO
-from services.topology import child_env
 from storage.basis import BasisStore
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
 from tests import servers
 from tests.conftest import make_trajectory
+from tests.topology import child_env
 from worker.svd.bases import multitask_bases, task_basis
 
 local_s3 = servers.local_s3

@@ -181,7 +181,7 @@ def tls_cluster(tmp_path_factory):
     environment; yields (address, certificate folder, the scheduler's Process)."""
     import_or_skip_missing("dask", "distributed")
     from services.local import free_port
-    from services.topology import Process, _script, child_env, port_open
+    from tests.topology import Process, _script, child_env, port_open
 
     work = tmp_path_factory.mktemp("dask-tls")
     certs = dask_tls.generate(work / "tls", ca_dir=work / "ca")
@@ -255,8 +255,8 @@ def small_store(tmp_path_factory):
 def test_executor_computes_a_basis_over_mutual_tls_configured_by_environment(
     tls_cluster, small_store, tmp_path
 ):
-    from services.topology import child_env
     from storage.basis import BasisStore
+    from tests.topology import child_env
     from worker.executors import LocalExecutor
     from worker.svd.bases import task_basis
 
