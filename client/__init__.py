@@ -19,6 +19,8 @@ __all__ = [
     "Client",
     "Job",
     "PulledBasis",
+    "RetriesExhausted",
+    "RetryPolicy",
     "error_from_body",
     "raise_for_response",
 ]
@@ -28,6 +30,8 @@ _WHERE = {
     "Client": "client.client",
     "Job": "client.jobs",
     "PulledBasis": "client.transfer",
+    "RetriesExhausted": "client.retry",
+    "RetryPolicy": "client.retry",
     "error_from_body": "client.errors",
     "raise_for_response": "client.errors",
 }

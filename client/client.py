@@ -12,7 +12,8 @@ import httpx
 from client.cache import BasisCache, default_cache_dir, server_key
 from client.credentials import token_from_env
 from client.errors import raise_for_response
-from client.jobs import Job
+from client.jobs import Job, start_recompute
+from client.retry import IDEMPOTENT_METHODS, RetryPolicy
 from client.sources import rows_from
 from client.transfer import PulledBasis, download_layer, progress_bar
 from client.upload import send_rows
@@ -41,6 +42,11 @@ class Client:
         Where pulled bases are kept; default: ``TINYSUB_CACHE`` or ``~/.cache/tinysub``.
     http:
         Any ``httpx.Client`` to send requests through (tests pass FastAPI's TestClient).
+    retries:
+        A ``RetryPolicy``, or how many times to retry (0: never). Idempotent requests are
+        retried after network errors and 429/502/503/504 (honouring Retry-After) with
+        exponential backoff and full jitter; downloads resume from their last verified byte
+        and uploads from their last acknowledged part. See ``client.retry``.
     """
 
     def __init__(
@@ -51,6 +57,7 @@ class Client:
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
         cache_dir: str | os.PathLike | None = None,
         http: httpx.Client | None = None,
+        retries: int | RetryPolicy | None = RetryPolicy(),
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.token = token if token is not None else token_from_env()
@@ -59,6 +66,7 @@ class Client:
         self._owns_http = http is None
         self._http = http if http is not None else httpx.Client(timeout=timeout)
         self._timeout = timeout
+        self.retry = RetryPolicy.of(retries)
 
     # --------------------------------------------------------------------------- plumbing
     def close(self) -> None:
@@ -76,11 +84,30 @@ class Client:
         headers.update(extra or {})
         return headers
 
-    def _request(self, method: str, path: str, **kw) -> httpx.Response:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool | None = None,
+        retry: RetryPolicy | None = None,
+        **kw,
+    ) -> httpx.Response:
+        """Send a request with the client's retries. `idempotent` defaults to what the method
+        promises; a POST the registry makes idempotent passes True. The body (`content`,
+        `json`) must be bytes or data, so that a retry can send it again."""
         headers = self._headers(kw.pop("headers", None))
-        response = self._http.request(method, self.base_url + path, headers=headers, **kw)
-        raise_for_response(response)
-        return response
+        url = self.base_url + path
+
+        def send() -> httpx.Response:
+            response = self._http.request(method, url, headers=headers, **kw)
+            raise_for_response(response)
+            return response
+
+        if idempotent is None:
+            idempotent = method.upper() in IDEMPOTENT_METHODS
+        policy = retry or self.retry
+        return policy.call(send, what=f"{method} {path}", idempotent=idempotent)
 
     def _json(self, method: str, path: str, **kw) -> Any:
         response = self._request(method, path, **kw)
@@ -107,7 +134,7 @@ class Client:
             "layout": layout.to_dict() if isinstance(layout, Layout) else layout,
             "description": description,
         }
-        return self._json("POST", "/v1/tasks", json=body)
+        return self._json("POST", "/v1/tasks", json=body, idempotent=True)
 
     def get_task(self, task_id: str) -> dict:
         return self._json("GET", f"/v1/tasks/{task_id}")
@@ -159,7 +186,9 @@ class Client:
 
     def register_trajectory(self, task_id: str, url: str) -> dict:
         """Register an existing store (under the server's store root or a trusted prefix)."""
-        return self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"url": url})
+        return self._json(
+            "POST", f"/v1/tasks/{task_id}/trajectory", json={"url": url}, idempotent=True
+        )
 
     def upload_trajectory(
         self,
@@ -184,7 +213,9 @@ class Client:
         try:
             status = self.trajectory(task_id)
         except NotFound:
-            self._json("POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype})
+            self._json(
+                "POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype}, idempotent=True
+            )
             # Every page: a store left by a request that died before the registry's database
             # commit is taken over with the rows it holds.
             status = self.trajectory(task_id)
@@ -267,23 +298,30 @@ class Client:
 
         The manifest is revalidated with its ETag (a 304 costs no body); layers are fetched
         only when their sha256 is not yet in the cache, streamed to disk, hashed on the way and
-        renamed into place only if the hash matches; an interrupted download resumes with a
-        Range request. `local_files_only=True` (or an unreachable server, when the cache has
-        the basis) uses the cache alone.
+        renamed into place only if the hash matches; an interrupted download resumes from its
+        last verified byte with a Range request (If-Range on the layer's sha256 ETag, so a
+        changed layer starts over rather than splices), retried as ``retries`` allows.
+        `local_files_only=True` (or an unreachable server, when the cache has the basis) uses
+        the cache alone.
         """
         ref = f"v{version}" if version is not None else f"@{alias or 'latest'}"
+        layers = list(layers) if layers is not None else None
         cached = self.cache.read_ref(self._server, task_id, kind, ref)
         if local_files_only:
             if cached is None:
                 raise NotFound(f"{task_id}/{kind} {ref} is not in the cache at {self.cache.root}")
             return self._from_cache(task_id, kind, cached["manifest"], layers, offline=True)
         headers = {"If-None-Match": cached["etag"]} if cached and cached.get("etag") else {}
+        # When the cache holds every layer asked for, an unreachable registry costs one retry
+        # at most before the cache answers.
+        whole = cached is not None and self._in_cache(cached["manifest"], layers)
         try:
             response = self._request(
                 "GET",
                 f"/v1/tasks/{task_id}/bases/{kind}",
                 params=_ref_params(version, alias if version is None else None),
                 headers=headers,
+                retry=self.retry.with_attempts(min(2, self.retry.attempts)) if whole else None,
             )
         except httpx.TransportError as exc:
             if cached is None:
@@ -318,6 +356,14 @@ class Client:
         pulled = self.pull_basis(task_id, kind, version, alias, layers, local_files_only)
         return {name: torch.from_numpy(pulled.array(name)) for name in pulled.files}
 
+    def _in_cache(self, manifest: dict, layers: Iterable[str] | None) -> bool:
+        infos = {i["name"]: i for i in manifest["layers"]}
+        wanted = list(infos) if layers is None else list(layers)
+        return all(
+            n in infos and self.cache.has_blob(infos[n]["sha256"], infos[n]["nbytes"])
+            for n in wanted
+        )
+
     def _from_cache(
         self,
         task_id: str,
@@ -344,7 +390,13 @@ class Client:
                 info = infos[name]
                 if name in missing:
                     download_layer(
-                        self._http, self.base_url, self._headers(), self.cache, info, bar
+                        self._http,
+                        self.base_url,
+                        self._headers(),
+                        self.cache,
+                        info,
+                        bar,
+                        self.retry,
                     )
                 files[name] = self.cache.blob_path(info["sha256"])
         return PulledBasis(task_id, kind, int(manifest["version"]), manifest, files)
@@ -366,6 +418,26 @@ class Client:
     def cancel_job(self, job_id: int) -> Job:
         return Job(self, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def start_recompute(
+        self,
+        *,
+        task_ids: list[str] | None = None,
+        model: str | None = None,
+        kinds: list[str] | None = None,
+        stale_only: bool = False,
+        dry_run: bool = False,
+    ) -> Job:
+        """Order a recompute job and return it at once; once it succeeded, ``job.result`` is
+        {queued: [...], skipped: [...]} (``job.wait()`` blocks until then)."""
+        return start_recompute(
+            self,
+            task_ids=task_ids,
+            model=model,
+            kinds=kinds,
+            stale_only=stale_only,
+            dry_run=dry_run,
+        )
+
     def recompute(
         self,
         *,
@@ -374,13 +446,18 @@ class Client:
         kinds: list[str] | None = None,
         stale_only: bool = False,
         dry_run: bool = False,
+        timeout: float | None = None,
     ) -> dict:
-        """Queue one new version per selected basis; returns {queued: [...], skipped: [...]}."""
-        body: dict[str, Any] = {"stale_only": stale_only, "dry_run": dry_run}
-        for key, value in (("task_ids", task_ids), ("model", model), ("kinds", kinds)):
-            if value is not None:
-                body[key] = value
-        return self._json("POST", "/v1/recompute", json=body)
+        """Queue one new version per selected basis; returns {queued: [...], skipped: [...]}.
+
+        The registry selects the bases (digesting their inputs for ``stale_only``) in a
+        recompute job: this waits for that job, not for the basis jobs it queued (wait for
+        those with ``client.job(item["job_id"]).wait()``). ``start_recompute`` returns the
+        recompute job without waiting."""
+        job = self.start_recompute(
+            task_ids=task_ids, model=model, kinds=kinds, stale_only=stale_only, dry_run=dry_run
+        )
+        return job.wait(timeout=timeout).result
 
     # ------------------------------------------------------------------------ tokens, runs
     def create_token(self, name: str, scopes: list[str]) -> dict:

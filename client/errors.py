@@ -7,6 +7,8 @@ Codes this client does not know fall back to the class of their HTTP status.
 
 from __future__ import annotations
 
+import email.utils
+import time
 from typing import Any
 
 from storage.errors import (
@@ -60,4 +62,22 @@ def raise_for_response(response) -> None:
         body = response.json()
     except Exception:  # noqa: BLE001 - not JSON: a proxy's error page, a truncated body
         body = None
-    raise error_from_body(response.status_code, body)
+    exc = error_from_body(response.status_code, body)
+    # 429 and 503 may say when to come back; the client's retries wait at least that long.
+    exc.retry_after = retry_after(response.headers.get("retry-after"))  # type: ignore[attr-defined]
+    raise exc
+
+
+def retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP-date (RFC 9110 10.2.3);
+    None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())

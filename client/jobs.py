@@ -1,4 +1,4 @@
-"""A registry job seen from the client: refresh, wait, cancel."""
+"""A registry job seen from the client: refresh, wait, cancel; and ordering a recompute job."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ FINISHED = ("succeeded", "failed", "cancelled")
 
 
 class Job:
-    """A basis job. Attributes mirror the server's JobPublic; `wait()` blocks until it ends."""
+    """A registry job. Attributes mirror the server's JobPublic; `wait()` blocks until it ends.
+
+    `kind` is 'basis' (`basis` names the basis it computes) or 'recompute' (`basis` is None;
+    `params` is its request and, once it succeeded, `result` is {queued, skipped})."""
 
     def __init__(self, client: Client, data: dict[str, Any]) -> None:
         self._client = client
@@ -25,15 +28,23 @@ class Job:
         self.data = data
         self.id: int = data["id"]
         self.status: str = data["status"]
-        self.basis: dict[str, Any] = data["basis"]
+        self.kind: str = data.get("kind", "basis")
+        self.basis: dict[str, Any] | None = data.get("basis")
+        self.params: dict[str, Any] | None = data.get("params")
+        self.result: dict[str, Any] | None = data.get("result")
         self.progress: dict[str, Any] = data.get("progress") or {}
         self.error: str | None = data.get("error")
         self.error_code: str | None = data.get("error_code")
         self.attempts: int = data.get("attempts", 0)
 
-    def __repr__(self) -> str:
+    @property
+    def label(self) -> str:
+        """What the job works on: 'sst2/task v3', or 'recompute'."""
         b = self.basis
-        return f"<Job {self.id} {b['task_id']}/{b['kind']} v{b['version']} {self.status}>"
+        return f"{b['task_id']}/{b['kind']} v{b['version']}" if b else self.kind
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.label} {self.status}>"
 
     @property
     def done(self) -> bool:
@@ -83,3 +94,22 @@ class Job:
                 500, {"code": code, "message": f"job {self.id} {self.status}: {self.error}"}
             )
         return self
+
+
+def start_recompute(
+    client: Client,
+    *,
+    task_ids: list[str] | None = None,
+    model: str | None = None,
+    kinds: list[str] | None = None,
+    stale_only: bool = False,
+    dry_run: bool = False,
+) -> Job:
+    """Order a recompute job (POST /v1/recompute) and return it at once: once it succeeded,
+    `job.result` is {queued: [...], skipped: [...]}, the basis jobs it queued and the bases it
+    skipped (with dry_run: what it would queue). `TooManyJobs` when the token is at its cap."""
+    body: dict[str, Any] = {"stale_only": stale_only, "dry_run": dry_run}
+    for key, value in (("task_ids", task_ids), ("model", model), ("kinds", kinds)):
+        if value is not None:
+            body[key] = value
+    return Job(client, client._json("POST", "/v1/recompute", json=body))

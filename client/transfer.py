@@ -17,6 +17,7 @@ import numpy as np
 
 from client.cache import BasisCache
 from client.errors import raise_for_response
+from client.retry import RetryPolicy
 from storage.errors import StorageError
 
 _DOWNLOAD_BLOCK = 1 << 20  # bytes hashed per read when resuming from a partial file
@@ -48,44 +49,100 @@ def download_layer(
     cache: BasisCache,
     info: dict,
     bar: Callable[[int], None],
+    retry: RetryPolicy | None = None,
 ) -> None:
-    """Stream one layer into the cache, verifying its sha256; resume a partial file."""
+    """Stream one layer into the cache, verifying its sha256. A partial file (this call's
+    earlier try, or an earlier process's) is continued from its last byte with Range and
+    If-Range on the layer's ETag: a layer that changed since comes whole (200) and replaces
+    it. `retry` decides how often a failed try is repeated."""
     from filelock import FileLock
 
     sha, size = info["sha256"], int(info["nbytes"])
     final = cache.blob_path(sha)
     final.parent.mkdir(parents=True, exist_ok=True)
-    partial = final.with_name(sha + ".incomplete")
     with FileLock(str(final) + ".lock"):
         if cache.has_blob(sha, size):
             return
-        h = hashlib.sha256()
-        have = partial.stat().st_size if partial.exists() else 0
-        if have > size:
-            partial.unlink()
-            have = 0
-        if have:
-            with open(partial, "rb") as f:
-                for block in iter(lambda: f.read(_DOWNLOAD_BLOCK), b""):
-                    h.update(block)
-        extra = {"If-Range": f'"{sha}"', "Range": f"bytes={have}-"} if have else {}
-        if have < size:
-            with http.stream(
-                "GET", base_url + info["url"], headers={**headers, **extra}
-            ) as response:
-                raise_for_response(response)
-                mode = "ab" if response.status_code == 206 else "wb"
-                if mode == "wb":
-                    h = hashlib.sha256()
-                with open(partial, mode) as f:
-                    write_hashed(response.iter_bytes(), f, h, bar)
-        if partial.stat().st_size != size or h.hexdigest() != sha:
-            partial.unlink(missing_ok=True)
+        part = _Partial(final.with_name(sha + ".incomplete"), sha, size)
+
+        def hint() -> str:
+            return (
+                f"{part.have:,} of {size:,} bytes of layer {info['name']!r} are kept in the "
+                "cache: pull again to resume from there"
+            )
+
+        (retry or RetryPolicy(attempts=1)).call(
+            lambda: _fetch(http, base_url + info["url"], headers, part, bar),
+            what=f"GET {info['url']}",
+            progress=lambda: part.have,
+            hint=hint,
+        )
+        if part.have != size or part.hash.hexdigest() != sha:
+            part.path.unlink(missing_ok=True)
             raise StorageError(
                 f"layer {info['name']!r} arrived with the wrong size or sha256 "
                 f"(expected {sha[:12]}); nothing was cached"
             )
-        os.replace(partial, final)
+        os.replace(part.path, final)
+
+
+class _Partial:
+    """A layer's `.incomplete` file: its first `have` bytes, hashed into `hash` as they came."""
+
+    def __init__(self, path: Path, sha256: str, size: int) -> None:
+        self.path, self.etag, self.size = path, f'"{sha256}"', size
+        self.hash = hashlib.sha256()
+        self.have = path.stat().st_size if path.exists() else 0
+        if self.have > size:
+            self.restart()
+        elif self.have:
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(_DOWNLOAD_BLOCK), b""):
+                    self.hash.update(block)
+
+    def restart(self) -> None:
+        self.path.unlink(missing_ok=True)
+        self.hash, self.have = hashlib.sha256(), 0
+
+    def received(self, n: int) -> None:
+        self.have += n
+
+
+def _fetch(
+    http: httpx.Client, url: str, headers: dict[str, str], part: _Partial, bar: Callable
+) -> None:
+    """One try: the bytes of the layer from `part.have` on, appended to the partial file."""
+    if part.have >= part.size:
+        return
+    if part.path.exists() and part.path.stat().st_size != part.have:
+        os.truncate(part.path, part.have)  # bytes written but never hashed: not verified
+    ranged = {"Range": f"bytes={part.have}-", "If-Range": part.etag} if part.have else {}
+    with http.stream("GET", url, headers={**headers, **ranged}) as response:
+        raise_for_response(response)
+        if response.status_code == 206:
+            expected = f"bytes {part.have}-{part.size - 1}/{part.size}"
+            got = response.headers.get("content-range", "")
+            if got != expected or response.headers.get("etag", part.etag) != part.etag:
+                asked = part.have
+                part.restart()
+                raise httpx.RemoteProtocolError(
+                    f"asked for bytes {asked}- of {part.etag}, the answer was {got!r} of "
+                    f"{response.headers.get('etag')}; starting over",
+                    request=response.request,
+                )
+        elif part.have:
+            part.restart()  # a whole body: the layer changed, or the server ignores Range
+
+        def received(n: int) -> None:
+            part.received(n)
+            bar(n)
+
+        with open(part.path, "ab") as f:
+            write_hashed(response.iter_bytes(), f, part.hash, received)
+    if part.have < part.size:  # a body that ended early without an error from httpx
+        raise httpx.RemoteProtocolError(
+            f"the body ended at byte {part.have:,} of {part.size:,}", request=response.request
+        )
 
 
 def write_hashed(blocks: Iterator[bytes], f, h, bar) -> None:

@@ -1,21 +1,31 @@
 """Sending rows: each group in parts of raw float32, then a commit; committed rows are skipped
-after comparing their sha256 (nothing of a row that differs is sent)."""
+after comparing their sha256 (nothing of a row that differs is sent).
+
+Every request here is idempotent (a part sent twice with the same bytes is staged once, a
+committed row commits again as itself), so each is retried on its own: a dropped connection
+costs one part. An upload that stopped (retries spent, the process killed) resumes from the
+last acknowledged part: the registry lists a staged row's parts with their sha256, and only the
+parts it does not hold with our bytes are sent.
+"""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from client.retry import RetriesExhausted
 from client.sources import SourceRow
 from storage.arrays import check_row, digest, encode
-from storage.errors import Conflict
+from storage.errors import Conflict, NotFound
 from storage.layout import Layout
 
 if TYPE_CHECKING:
     from client.client import Client
+
+Part = tuple[str, int, int, str]  # (group, offset, count, sha256)
 
 
 def send_rows(
@@ -30,38 +40,91 @@ def send_rows(
     """Upload `rows` given the server's trajectory `status` (committed sha256s, staged rows)."""
     committed = status["row_sha256"]
     store_dtype = status["dtype"]
-    # Parts staged by an interrupted upload may be cut at other offsets than ours: drop them and
-    # send those rows whole (at most a few rows are ever staged).
-    for staged_row in status.get("staged") or {}:
-        client._request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{int(staged_row)}")
+    staged = {int(r) for r in status.get("staged") or {}}
     step_values = max(1, part_bytes // 4)
     row_bytes = 4 * layout.total_size
-    for row in rows:
-        vectors = check_row(row.vectors, layout)
-        if row.index < len(committed):
-            ours = {g: digest(encode(v, store_dtype)) for g, v in vectors.items()}
-            if ours != committed[row.index]:
-                raise Conflict(f"row {row.index} of {task_id!r} is committed with other values")
-            bar(row_bytes)
-            continue
-        base_path = f"/v1/tasks/{task_id}/trajectory/rows/{row.index}"
-        for group in layout.groups:
-            vec = np.ascontiguousarray(vectors[group.name], dtype="<f4")  # (D_g,)
-            for a in range(0, group.size, step_values):
-                data = vec[a : a + step_values].tobytes()
+    where = {"row": len(committed), "group": None, "offset": 0}
+    try:
+        for row in rows:
+            vectors = check_row(row.vectors, layout)
+            if row.index < len(committed):
+                ours = {g: digest(encode(v, store_dtype)) for g, v in vectors.items()}
+                if ours != committed[row.index]:
+                    raise Conflict(f"row {row.index} of {task_id!r} is committed with other values")
+                bar(row_bytes)
+                continue
+            where.update(row=row.index, group=None, offset=0)
+            base_path = f"/v1/tasks/{task_id}/trajectory/rows/{row.index}"
+            held: set[Part] | None = set()
+            if row.index in staged:
+                held = _held_parts(client, task_id, row.index, vectors, step_values)
+                if held is None:
+                    client._request("DELETE", base_path)  # staged with other bytes or cuts
+                staged.discard(row.index)
+            for group, offset, data in _parts(vectors, layout, step_values):
+                where.update(group=group, offset=offset)
+                sha = hashlib.sha256(data).hexdigest()
+                if held and (group, offset, len(data) // 4, sha) in held:
+                    bar(len(data))
+                    continue
                 client._request(
                     "PUT",
-                    f"{base_path}/groups/{group.name}",
-                    params={"offset": a},
+                    f"{base_path}/groups/{group}",
+                    params={"offset": offset},
                     content=data,
                     headers={
                         "Content-Type": "application/octet-stream",
-                        "X-Tinysub-Sha256": hashlib.sha256(data).hexdigest(),
+                        "X-Tinysub-Sha256": sha,
                     },
                 )
                 bar(len(data))
-        client._json(
-            "POST",
-            f"{base_path}/commit",
-            json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
+            where.update(group=None)
+            client._json(
+                "POST",
+                f"{base_path}/commit",
+                json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
+                idempotent=True,  # a committed row commits again as itself
+            )
+        # Rows staged by an earlier upload that this one did not reach.
+        for leftover in sorted(staged):
+            client._request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{leftover}")
+    except RetriesExhausted as exc:
+        at = f"row {where['row']}"
+        if where["group"] is not None:
+            at += f", group {where['group']!r} at value {where['offset']:,}"
+        exc.add_hint(
+            f"rows before {where['row']} are committed and the parts of {at} that the "
+            "registry acknowledged are kept: run the same upload again to resume there"
         )
+        raise
+
+
+def _parts(vectors: dict, layout: Layout, step_values: int) -> Iterator[tuple[str, int, bytes]]:
+    """(group, offset, raw little-endian float32 bytes) of each part of a row, in order."""
+    for group in layout.groups:
+        vec = np.ascontiguousarray(vectors[group.name], dtype="<f4")  # (D_g,)
+        for a in range(0, group.size, step_values):
+            yield group.name, a, vec[a : a + step_values].tobytes()
+
+
+def _held_parts(
+    client: Client, task_id: str, row: int, vectors: dict, step_values: int
+) -> set[Part] | None:
+    """The parts of `row` the registry holds with exactly our bytes, cut where ours are cut;
+    None when it holds any part that is not one of ours (the row must be dropped first)."""
+    try:
+        staged = client._json("GET", f"/v1/tasks/{task_id}/trajectory/rows/{row}/parts")
+    except NotFound:  # a registry from before this route: resend the row whole
+        return None
+    held: set[Part] = set()
+    for group, parts in staged["groups"].items():
+        vec = vectors.get(group)
+        for p in parts:
+            offset, count = int(p["offset"]), int(p["count"])
+            if vec is None or offset % step_values or count != min(step_values, vec.size - offset):
+                return None
+            ours = np.ascontiguousarray(vec[offset : offset + count], dtype="<f4").tobytes()
+            if hashlib.sha256(ours).hexdigest() != p["sha256"]:
+                return None
+            held.add((group, offset, count, p["sha256"]))
+    return held

@@ -121,9 +121,16 @@ def next_version(session: Session, task_id: str, kind: str) -> int:
 
 
 def create_basis_job(
-    reg: Registry, session: Session, task_id: str, kind: str, params: dict
+    reg: Registry,
+    session: Session,
+    task_id: str,
+    kind: str,
+    params: dict,
+    *,
+    token_id: int | None = None,
 ) -> tuple[Basis, Job]:
-    """A new version of (task, kind) in `pending`, and its job. The caller commits."""
+    """A new version of (task, kind) in `pending`, and its job, ordered by `token_id` (which
+    the caller checked against its cap: services.quotas). The caller commits."""
     version = next_version(session, task_id, kind)
     basis = Basis(
         task_id=task_id,
@@ -135,7 +142,7 @@ def create_basis_job(
     )
     session.add(basis)
     session.flush()
-    job = Job(basis_id=basis.id, status="pending", progress={})
+    job = Job(kind="basis", basis_id=basis.id, token_id=token_id, status="pending", progress={})
     session.add(job)
     session.flush()
     return basis, job

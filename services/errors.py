@@ -27,6 +27,7 @@ from storage.errors import (
     StorageError,
     TaskFailed,
     TinysubError,
+    TooManyJobs,
     Unauthorized,
 )
 
@@ -49,6 +50,7 @@ STATUS: dict[type[TinysubError], int] = {
     TaskFailed: 500,
     Unauthorized: 401,
     Forbidden: 403,
+    TooManyJobs: 429,
 }
 
 # Codes for errors Starlette raises itself (unknown route, wrong method).
@@ -106,6 +108,8 @@ async def _tinysub_error(_request: Request, exc: TinysubError) -> JSONResponse:
     headers = _headers(status)
     if isinstance(exc, RangeNotSatisfiable) and isinstance(exc.detail, dict):
         headers = {"Content-Range": f"bytes */{exc.detail.get('size', '*')}"}
+    if isinstance(exc, TooManyJobs):
+        headers = {"Retry-After": str(exc.retry_after)}
     return JSONResponse(
         error_body(exc.code, exc.message, exc.detail), status_code=status, headers=headers
     )

@@ -15,6 +15,11 @@ basis the dead run had already committed (same registry uid in the manifest, eve
 re-verified); otherwise it recomputes from scratch, overwriting the partial output. A basis
 becomes `ready`, and `latest` moves to it, in one transaction, and only after its store was
 committed with a sha256 for every layer.
+
+A recompute job (kind 'recompute', services/recompute.py) has no basis: it selects bases and
+digests their inputs with a progress step per basis (so cancel, shutdown, a lost lease and the
+timeout stop it as they stop a basis job), then queues its basis jobs in the transaction that
+marks it succeeded: a recompute that did not succeed queued nothing.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ from typing import Any
 
 from sqlalchemy import select, update
 
+from services import quotas, recompute
 from services.bases import move_latest, spec_for
 from services.compute import BasisSpec, committed, compute
 from services.context import Registry
 from services.models import Basis, Job, utcnow
 from services.runner_lock import RunnerLock
+from services.schemas import RecomputeRequest
 from storage.basis import BasisStore
-from storage.errors import StorageError, TinysubError
+from storage.errors import JobTimedOut, StorageError, TinysubError
 from storage.layout import Layout
 from storage.objects import Location
 
@@ -50,12 +57,6 @@ class JobCancelled(Exception):
 
 class _Interrupted(Exception):
     """Raised inside a running job when the runner is stopping: the job is re-queued."""
-
-
-class JobTimedOut(TinysubError):
-    """A job ran past `job_timeout_seconds`: failed, not retried (it would time out again)."""
-
-    code = "job_timeout"
 
 
 class LeaseLost(Exception):
@@ -84,6 +85,25 @@ class Lease:
 def _transition(session: Any, lease: Lease, **values: Any) -> bool:
     """Update the job only while this lease still holds it; True if it did."""
     return session.execute(update(Job).where(*lease.where()).values(**values)).rowcount == 1
+
+
+def _set_basis(session: Any, basis_id: int | None, **values: Any) -> None:
+    """Move a basis job's basis with its job (a recompute job has none)."""
+    if basis_id is not None:
+        session.execute(update(Basis).where(Basis.id == basis_id).values(**values))
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """What running a claimed job needs, read once: a basis job's spec, or a recompute job's
+    request and the token that ordered it."""
+
+    kind: str
+    attempts: int
+    cancel: bool
+    spec: BasisSpec | None
+    request: dict[str, Any] | None
+    token_id: int | None
 
 
 class ExecutorPool:
@@ -327,9 +347,7 @@ class JobRunner:
                     .execution_options(synchronize_session=False)
                 )
                 if res.rowcount == 1:
-                    s.execute(
-                        update(Basis).where(Basis.id == job.basis_id).values(status="pending")
-                    )
+                    _set_basis(s, job.basis_id, status="pending")
                     requeued.append(job.id)
         return requeued
 
@@ -355,7 +373,7 @@ class JobRunner:
                     basis_id, attempt = s.execute(
                         select(Job.basis_id, Job.attempts).where(Job.id == job_id)
                     ).one()
-                    s.execute(update(Basis).where(Basis.id == basis_id).values(status="running"))
+                    _set_basis(s, basis_id, status="running")
                     s.commit()
                     with self._leases_guard:
                         self._leases[job_id] = Lease(job_id, self.owner, attempt)
@@ -374,11 +392,15 @@ class JobRunner:
         return done
 
     # ------------------------------------------------------------------------------- run
-    def _spec(self, job_id: int) -> tuple[BasisSpec, int, bool]:
+    def _load(self, job_id: int) -> _Claimed:
         with self.registry.db.session() as s:
             job = s.get(Job, job_id)
-            spec = spec_for(self.registry, s, s.get(Basis, job.basis_id))
-            return spec, job.attempts, job.cancel_requested
+            spec = None
+            if job.kind == "basis":
+                spec = spec_for(self.registry, s, s.get(Basis, job.basis_id))
+            return _Claimed(
+                job.kind, job.attempts, job.cancel_requested, spec, job.params, job.token_id
+            )
 
     def run_job(self, job_id: int) -> str:
         """Run one job this runner claimed to its end; returns its final status."""
@@ -398,22 +420,25 @@ class JobRunner:
         if lease is None:
             raise ValueError(f"job {job_id} was not claimed by this runner")
         try:
-            spec, attempts, cancel = self._spec(job_id)
+            claimed = self._load(job_id)
         except TinysubError as exc:
             return self._finish_failed(lease, None, exc.code, str(exc))
-        seen["kind"] = spec.kind
+        spec, attempts = claimed.spec, claimed.attempts
+        seen["kind"] = spec.kind if spec is not None else claimed.kind
         beat = _Heartbeat(self, lease)
         progress = _Progress(self, lease, beat)
         beat.start()
-        executor_name = spec.params.get("executor", "local")
+        executor_name = spec.params.get("executor", "local") if spec is not None else None
         try:
-            if cancel:
+            if claimed.cancel:
                 raise JobCancelled()
             if attempts > settings.job_max_attempts:
                 raise StorageError(
                     f"gave up after {attempts - 1} attempts (the service or its workers "
                     "stopped during each)"
                 )
+            if spec is None:
+                return self._recompute(lease, claimed, progress)
             store = committed(spec)
             if store is not None:
                 problems = store.verify()
@@ -448,7 +473,8 @@ class JobRunner:
             return self._finish_failed(lease, spec, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker or cluster failure: retry
             log.exception("job %s failed unexpectedly (attempt %s)", job_id, attempts)
-            self.executors.discard(executor_name)
+            if executor_name is not None:
+                self.executors.discard(executor_name)
             message = f"{type(exc).__name__}: {exc}"
             if attempts < settings.job_max_attempts:
                 self._requeue(lease, spend_attempt=True, error=message)
@@ -456,6 +482,38 @@ class JobRunner:
             return self._finish_failed(lease, spec, "tinysub_error", message)
         finally:
             beat.done.set()
+
+    def _recompute(self, lease: Lease, claimed: _Claimed, progress: _Progress) -> str:
+        """Run a recompute job (services.recompute): select and decide with a progress step
+        per basis, then queue the basis jobs in the transaction that marks it succeeded, under
+        its token's cap. Recompute jobs queue one at a time in this process, which is the only
+        one running jobs (the runner lock)."""
+        reg = self.registry
+        req = RecomputeRequest.model_validate(claimed.request or {})
+        progress.note("selecting", attempt=claimed.attempts)
+        with reg.db.session() as s:
+            candidates = recompute.select_newest(reg, s, req)
+        decisions = recompute.decide(req, candidates, progress)
+        progress.note("queueing")
+        done = {**progress.state, "phase": "done"}
+        token = claimed.token_id
+        with reg.locks(("recompute",)), quotas.locked(reg, token), reg.db.session() as s:
+            room = quotas.room(reg, s, token, besides=lease.job_id)
+            result = recompute.queue(reg, s, req, decisions, room=room, token_id=token)
+            if not _transition(
+                s,
+                lease,
+                status="succeeded",
+                finished_at=utcnow(),
+                error=None,
+                error_code=None,
+                progress=done,
+                result=result,
+            ):
+                raise LeaseLost(f"job {lease.job_id}: lost its lease; queued nothing")
+        if result["queued"] and not req.dry_run:
+            self.notify()
+        return "succeeded"
 
     def _check_committed(self, spec: BasisSpec, store: BasisStore) -> None:
         groups = Layout.from_dict(spec.layout).group_names
@@ -515,9 +573,7 @@ class JobRunner:
                 log.warning("job %s was taken over; not failing it", lease.job_id)
                 return "lost"
             basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
-            s.execute(
-                update(Basis).where(Basis.id == basis_id).values(status="failed", error=message)
-            )
+            _set_basis(s, basis_id, status="failed", error=message)
         if spec is not None:
             # Nothing half-written stays behind (there is no manifest, so nothing would serve
             # it anyway).
@@ -536,4 +592,4 @@ class JobRunner:
         with self.registry.db.session() as s:
             if _transition(s, lease, **values):
                 basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
-                s.execute(update(Basis).where(Basis.id == basis_id).values(status="pending"))
+                _set_basis(s, basis_id, status="pending")

@@ -29,6 +29,7 @@ BASIS_KINDS = ("task", "unified", "zeroshot", "global", "random")
 BASIS_STATUSES = ("pending", "running", "ready", "failed")
 JOB_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 JOB_FINISHED = ("succeeded", "failed", "cancelled")
+JOB_ACTIVE = ("pending", "running")
 SCOPES = ("read", "write", "admin")
 
 
@@ -113,10 +114,15 @@ class Alias(Base):
 
 
 class Job(Base):
+    """A durable job: `kind` 'basis' computes one basis (`basis_id`); 'recompute' selects bases
+    (its request in `params`), then queues one basis job per selected basis and records what it
+    queued and skipped in `result`. `token_id` is the token that ordered it (NULL for jobs made
+    before revision 0002): pending and running jobs per token are capped."""
+
     __tablename__ = "jobs"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    basis_id: Mapped[int] = mapped_column(ForeignKey("bases.id"), index=True)
+    basis_id: Mapped[int | None] = mapped_column(ForeignKey("bases.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
     # {"phase": str, "phases": {phase: {"done": n, "total": n}}, "layers": {name: state}}
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -129,6 +135,11 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # Revision 0002 (kept last: the order of a migrated table's columns).
+    kind: Mapped[str] = mapped_column(String(16), default="basis")
+    token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"), index=True)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class Token(Base):

@@ -118,6 +118,19 @@ class PartPublic(_Out):
     status: Literal["staged", "committed"]
 
 
+class StagedPart(_Out):
+    offset: int
+    count: int
+    sha256: str
+
+
+class StagedRowPublic(_Out):
+    """The parts of one uncommitted row the registry holds, with the sha256 of their bytes."""
+
+    row: int
+    groups: dict[str, list[StagedPart]]
+
+
 class RowCommit(_In):
     step: Annotated[int, Field(ge=-(2**62), le=2**62)] | None = None
     epoch: Finite | None = None
@@ -198,31 +211,6 @@ class AliasPublic(_Out):
     updated_at: datetime
 
 
-# --------------------------------------------------------------------------------------- jobs
-class BasisRef(_Out):
-    task_id: str
-    kind: str
-    version: int
-
-
-class JobPublic(_Out):
-    id: int
-    basis: BasisRef
-    status: str
-    progress: dict[str, Any]
-    error: str | None
-    error_code: str | None
-    attempts: int
-    cancel_requested: bool
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
-class JobList(Page):
-    items: list[JobPublic]
-
-
 # ---------------------------------------------------------------------------------- recompute
 class RecomputeRequest(_In):
     task_ids: list[Slug] | None = Field(None, max_length=10000)
@@ -244,6 +232,40 @@ class RecomputeItem(_Out):
 class RecomputeResult(_Out):
     queued: list[RecomputeItem]
     skipped: list[RecomputeItem]
+
+
+# --------------------------------------------------------------------------------------- jobs
+class BasisRef(_Out):
+    task_id: str
+    kind: str
+    version: int
+
+
+class JobPublic(_Out):
+    id: int
+    kind: Literal["basis", "recompute"] = Field(
+        "basis",
+        description="basis: computes `basis`. recompute: selects bases by `params` (a "
+        "RecomputeRequest), then queues one basis job each; `result` lists them.",
+    )
+    basis: BasisRef | None = Field(description="The basis a basis job computes; null otherwise.")
+    status: str
+    progress: dict[str, Any]
+    error: str | None
+    error_code: str | None
+    attempts: int
+    cancel_requested: bool
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    params: dict[str, Any] | None = Field(None, description="A recompute job's request.")
+    result: RecomputeResult | None = Field(
+        None, description="What a recompute job queued and skipped, once it succeeded."
+    )
+
+
+class JobList(Page):
+    items: list[JobPublic]
 
 
 # ------------------------------------------------------------------------------------- tokens

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         description="A job running longer than this (from its claim) is failed with "
         "`job_timeout`; it is checked at every progress step of the kernels.",
     )
+    max_pending_jobs_per_token: int = Field(
+        default=100,
+        ge=1,
+        description="Jobs one write token may have pending or running at once; an order over "
+        "it (a basis, a recompute) is answered 429 with Retry-After, and a recompute queues no "
+        "more than the room left. Admin tokens are not capped.",
+    )
     log_format: Literal["text", "json"] = Field(
         default="text",
         description="Server log lines: text, or one JSON object per line; both carry the "

@@ -14,6 +14,7 @@ point leaves either staged parts (resumed by sending the rest) or a committed ro
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import uuid
@@ -180,6 +181,26 @@ def staged_parts(reg: Registry, task_id: str, row: int | None = None) -> dict:
                 groups[g] = sorted(spans)
         if groups:
             out[int(r)] = groups
+    return out
+
+
+def staged_digests(reg: Registry, task_id: str, row: int) -> dict[str, list[dict]]:
+    """{group: [{offset, count, sha256}, ...]} of row `row`'s staged parts: what an
+    interrupted upload resumes from, sending only the parts that are not staged with its bytes.
+    Reads every staged byte of the row once (a part dropped meanwhile is left out)."""
+    loc, name = reg.staging(task_id), _row_dir(row)
+    out: dict[str, list[dict]] = {}
+    for group, spans in staged_parts(reg, task_id, row).get(row, {}).items():
+        for start, stop in spans:
+            h = hashlib.sha256()
+            try:
+                with loc.fs.open(loc.path(name, group, _part_name(start, stop)), "rb") as f:
+                    for block in iter(lambda f=f: f.read(BLOCK_BYTES), b""):
+                        h.update(block)
+            except FileNotFoundError:
+                continue
+            part = {"offset": start, "count": stop - start, "sha256": h.hexdigest()}
+            out.setdefault(group, []).append(part)
     return out
 
 

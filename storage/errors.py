@@ -110,6 +110,29 @@ class TaskFailed(TinysubError):
     code = "task_failed"
 
 
+class TooManyJobs(TinysubError):
+    """The token already has `max_pending_jobs_per_token` jobs pending or running; nothing was
+    queued. `retry_after` (seconds, also in `detail`) says when to try again."""
+
+    code = "too_many_jobs"
+
+    def __init__(self, message: str, *, detail: Any = None, retry_after: int = 30) -> None:
+        super().__init__(message, detail=detail)
+        self.retry_after = retry_after
+
+
+class JobTimedOut(TinysubError):
+    """A job ran past `job_timeout_seconds`: failed, not retried (it would time out again)."""
+
+    code = "job_timeout"
+
+
+class SchemaMismatch(TinysubError):
+    """The database's schema is not the one this code needs, and will not be upgraded here."""
+
+    code = "schema_mismatch"
+
+
 def storage_error(message: str, exc: OSError) -> StorageError:
     """The StorageError for a failed write: `InsufficientStorage` when the disk or quota is full,
     so callers (and HTTP clients, as 507) can tell "free some space" from "the disk is broken"."""
@@ -134,5 +157,8 @@ ERROR_TYPES: dict[str, type[TinysubError]] = {
         RangeNotSatisfiable,
         InsufficientStorage,
         TaskFailed,
+        TooManyJobs,
+        JobTimedOut,
+        SchemaMismatch,
     )
 }

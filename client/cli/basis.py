@@ -235,7 +235,7 @@ def pull(
             alias=alias,
             layers=layer or None,
             local_files_only=offline,
-            progress=not quiet,
+            progress=show_progress(quiet),
         )
     result = {
         "task_id": pulled.task_id,

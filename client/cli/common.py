@@ -62,10 +62,8 @@ def job_progress(enabled: bool) -> Iterator[Any]:
         tasks: dict[int, Any] = {}
 
         def on_update(job: Any) -> None:
-            b = job.basis
             if job.id not in tasks:
-                name = f"job {job.id} {b['task_id']}/{b['kind']} v{b['version']}"
-                tasks[job.id] = bar.add_task(name, total=1.0, phase="")
+                tasks[job.id] = bar.add_task(f"job {job.id} {job.label}", total=1.0, phase="")
             phase = job.status if job.done else job.progress.get("phase", job.status)
             done = 1.0 if job.status == "succeeded" else job.fraction
             bar.update(tasks[job.id], completed=done or 0.0, phase=phase)

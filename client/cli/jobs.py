@@ -11,16 +11,15 @@ from client.cli import remote
 from client.cli.common import console, job_progress, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
-app = typer.Typer(help="Basis jobs on a registry.", no_args_is_help=True)
+app = typer.Typer(help="Basis and recompute jobs on a registry.", no_args_is_help=True)
 
 
 def print_jobs(jobs) -> None:
     table = Table("job", "basis", "status", "phase", "attempts", "error")
     for j in jobs:
-        b = j.basis
         table.add_row(
             str(j.id),
-            f"{b['task_id']}/{b['kind']} v{b['version']}",
+            j.label,
             j.status,
             str(j.progress.get("phase", "")),
             str(j.attempts),

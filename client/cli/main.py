@@ -51,7 +51,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = command.main(args=argv, prog_name="tinysub", standalone_mode=False)
     except TinysubError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        # Retries that ran out on the network (client.retry.RetriesExhausted) are both.
+        where = "cannot reach the registry: " if _is_transport_error(exc) else ""
+        err_console.print(f"[red]error:[/red] {where}{exc}", highlight=False, soft_wrap=True)
         return 2
     except click.exceptions.Exit as exc:
         return exc.exit_code

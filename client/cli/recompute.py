@@ -10,6 +10,7 @@ from rich.table import Table
 from client.cli import remote
 from client.cli.common import console, job_progress, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
+from client.jobs import start_recompute
 
 
 def recompute_cmd(
@@ -20,23 +21,46 @@ def recompute_cmd(
         bool, typer.Option(help="Only bases whose inputs changed since they were built.")
     ] = False,
     dry_run: Annotated[bool, typer.Option(help="Report, queue nothing.")] = False,
-    wait: Annotated[bool, typer.Option(help="Wait for the queued jobs.")] = False,
+    wait: Annotated[
+        bool, typer.Option(help="Also wait for the basis jobs the recompute queued.")
+    ] = False,
+    detach: Annotated[
+        bool,
+        typer.Option(
+            help="Print the recompute job and return at once (`tinysub jobs show ID` gives its "
+            "result once it ran)."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
     url: UrlOption = DEFAULT_URL,
     token: TokenOption = None,
     json_out: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """One job per selected basis (filters: tasks, model, kinds, stale only)."""
+    """One job per selected basis (filters: tasks, model, kinds, stale only).
+
+    The registry runs the selection as a recompute job (under --stale-only it digests every
+    selected basis' inputs); this waits for that job, then prints what it queued and skipped.
+    """
+    if detach and wait:
+        raise typer.BadParameter("--detach and --wait exclude each other")
     with remote.open_client(url, token) as c:
-        result = c.recompute(
+        job = start_recompute(
+            c,
             task_ids=task or None,
             model=model,
             kinds=kind or None,
             stale_only=stale_only,
             dry_run=dry_run,
         )
-        if wait:
-            with job_progress(show_progress(quiet or json_out)) as update:
+        if detach:
+            if json_out:
+                print_json(job.data)
+            else:
+                console.print(f"recompute job {job.id}: {job.status}")
+            return
+        with job_progress(show_progress(quiet or json_out)) as update:
+            result = job.wait(on_update=update).result or {"queued": [], "skipped": []}
+            if wait:
                 for item in result["queued"]:
                     if item["job_id"] is not None:
                         c.job(item["job_id"]).wait(on_update=update)
@@ -54,4 +78,5 @@ def recompute_cmd(
     for item in result["skipped"]:
         table.add_row(f"{item['task_id']}/{item['kind']}", "-", "-", f"skipped: {item['reason']}")
     console.print(table)
-    console.print(f"{len(result['queued'])} queued, {len(result['skipped'])} skipped")
+    queued, skipped = len(result["queued"]), len(result["skipped"])
+    console.print(f"recompute job {job.id}: {queued} queued, {skipped} skipped")

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from client.cli import remote
-from client.cli.common import console, print_json
+from client.cli.common import console, print_json, show_progress
 from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
 
@@ -116,6 +116,6 @@ def upload(
     """Upload rows over HTTP; run it again after an interruption to resume."""
     with remote.open_client(url, token) as c:
         traj = c.upload_trajectory(
-            task_id, source, base=base, part_bytes=part_mb << 20, progress=not quiet
+            task_id, source, base=base, part_bytes=part_mb << 20, progress=show_progress(quiet)
         )
     console.print(f"{task_id}: {traj['rows']} rows committed")

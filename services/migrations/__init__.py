@@ -38,7 +38,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy.engine import Connection, Engine
 
-from storage.errors import TinysubError
+from storage.errors import SchemaMismatch
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,6 @@ ADVISORY_LOCK = 0x74696E7973756200
 DIRECTORY = Path(__file__).resolve().parent
 # Alembic's `op` and `context` are module-level proxies: one command at a time per process.
 _ALEMBIC = threading.Lock()
-
-
-class SchemaMismatch(TinysubError):
-    """The database's schema is not the one this code needs, and will not be upgraded here."""
-
-    code = "schema_mismatch"
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,11 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from services import bases as basis_service
+from services import quotas
 from services.deps import Reader, RegistryDep, SessionDep, Writer
 from services.models import Alias, Basis
 from services.routes.auth_first import AuthFirstRoute
-from services.routes.jobs import job_public, notify_runner
+from services.routes.jobs import TOO_MANY_JOBS, job_public, notify_runner
 from services.routes.tasks import TaskId
 from services.schemas import (
     AliasPublic,
@@ -48,24 +49,26 @@ Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
 AliasName = Annotated[str, Path(pattern=SLUG_PATTERN)]
 
 
-@router.post("", response_model=JobPublic, status_code=202)
+@router.post("", response_model=JobPublic, status_code=202, responses=TOO_MANY_JOBS)
 def order(
     task_id: TaskId,
     body: BasisCreate,
     request: Request,
     registry: RegistryDep,
     session: SessionDep,
-    _: Writer,
+    caller: Writer,
 ) -> dict:
-    """Order a basis: validates everything, then queues a job for a new version."""
+    """Order a basis: validates everything, then queues a job for a new version (429 when the
+    token has `max_pending_jobs_per_token` jobs pending or running)."""
     task = get_task(session, task_id)
     params = basis_service.validate_order(registry, session, task, body)
     for attempt in range(5):
         try:
-            _basis, job = basis_service.create_basis_job(
-                registry, session, task_id, body.kind, params
-            )
-            session.commit()
+            with quotas.one_more_job(registry, session, caller.token_id):
+                _basis, job = basis_service.create_basis_job(
+                    registry, session, task_id, body.kind, params, token_id=caller.token_id
+                )
+                session.commit()
             break
         except IntegrityError:  # another order took the same version number: take the next
             session.rollback()

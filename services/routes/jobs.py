@@ -1,8 +1,8 @@
-"""Jobs: list, inspect (progress per phase and layer), cancel."""
+"""Jobs: list, inspect (progress per phase and layer; a recompute job's result), cancel."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import func, select, update
@@ -11,18 +11,32 @@ from sqlalchemy.orm import Session
 from services.deps import Reader, RegistryDep, SessionDep, Writer
 from services.models import Basis, Job, utcnow
 from services.routes.auth_first import AuthFirstRoute
-from services.schemas import JobList, JobPublic, Slug
+from services.schemas import ErrorPublic, JobList, JobPublic, Slug
 from storage.errors import Conflict, NotFound
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=AuthFirstRoute)
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 
 
+# The answer of the routes that queue jobs when the token is at its cap (services.quotas).
+TOO_MANY_JOBS: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorPublic,
+        "description": "The token has max_pending_jobs_per_token jobs pending or running "
+        "(code too_many_jobs); nothing was queued. Retry after Retry-After seconds.",
+    }
+}
+
+
 def job_public(session, job: Job) -> dict:
-    basis = session.get(Basis, job.basis_id)
+    ref = None
+    if job.basis_id is not None:
+        basis = session.get(Basis, job.basis_id)
+        ref = {"task_id": basis.task_id, "kind": basis.kind, "version": basis.version}
     return {
         "id": job.id,
-        "basis": {"task_id": basis.task_id, "kind": basis.kind, "version": basis.version},
+        "kind": job.kind,
+        "basis": ref,
         "status": job.status,
         "progress": job.progress or {},
         "error": job.error,
@@ -32,6 +46,8 @@ def job_public(session, job: Job) -> dict:
         "created_at": job.created_at,
         "started_at": job.started_at,
         "finished_at": job.finished_at,
+        "params": job.params,
+        "result": job.result,
     }
 
 
@@ -56,13 +72,16 @@ def list_jobs(
         Literal["pending", "running", "succeeded", "failed", "cancelled"] | None, Query()
     ] = None,
     task_id: Annotated[Slug | None, Query()] = None,
+    kind: Annotated[Literal["basis", "recompute"] | None, Query()] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
     q = select(Job)
     if status:
         q = q.where(Job.status == status)
-    if task_id:
+    if kind:
+        q = q.where(Job.kind == kind)
+    if task_id:  # basis jobs only: a recompute job has no task
         q = q.join(Basis, Basis.id == Job.basis_id).where(Basis.task_id == task_id)
     total = session.scalar(select(func.count()).select_from(q.subquery()))
     jobs = session.scalars(q.order_by(Job.id.desc()).offset(offset).limit(limit)).all()
@@ -114,6 +133,8 @@ def _cancel_pending(session: Session, job: Job) -> bool:
     )
     if done.rowcount != 1:
         return False
+    if job.basis_id is None:  # a recompute job: nothing was queued yet
+        return True
     session.execute(
         update(Basis)
         .where(Basis.id == job.basis_id)

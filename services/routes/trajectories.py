@@ -3,6 +3,7 @@
 POST   /v1/tasks/{id}/trajectory                               register {url} or create {}
 GET    /v1/tasks/{id}/trajectory?offset=N&limit=M              rows, a page of sha256s, staged
 PUT    /v1/tasks/{id}/trajectory/rows/{row}/groups/{group}?offset=N   raw float32 values
+GET    /v1/tasks/{id}/trajectory/rows/{row}/parts              staged parts with sha256
 POST   /v1/tasks/{id}/trajectory/rows/{row}/commit             {step, epoch, metrics}
 DELETE /v1/tasks/{id}/trajectory/rows/{row}                    drop a staged row
 """
@@ -23,6 +24,7 @@ from services.schemas import (
     PartPublic,
     RowCommit,
     RowPublic,
+    StagedRowPublic,
     TrajectoryCreate,
     TrajectoryPublic,
 )
@@ -132,6 +134,16 @@ async def put_part(
 
 def _spool_dir(settings: Settings) -> str | None:
     return str(settings.upload_spool_dir) if settings.upload_spool_dir else None
+
+
+@router.get("/rows/{row}/parts", response_model=StagedRowPublic)
+def staged_row(
+    task_id: TaskId, row: Row, registry: RegistryDep, session: SessionDep, _: Reader
+) -> dict:
+    """The staged parts of an uncommitted row and their sha256: an upload that was cut off
+    sends only the parts missing here (or staged with other bytes)."""
+    traj_service.get_trajectory(session, task_id)
+    return {"row": row, "groups": traj_service.staged_digests(registry, task_id, row)}
 
 
 @router.post("/rows/{row}/commit", response_model=RowPublic)

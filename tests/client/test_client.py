@@ -8,6 +8,7 @@ import torch
 
 import client as client_pkg
 from client import Client, PulledBasis
+from client.retry import RetriesExhausted, RetryPolicy
 from storage.arrays import flatten_state
 from storage.basis import BasisStore
 from storage.errors import (
@@ -171,7 +172,11 @@ def test_offline_from_cache(client, tmp_path, layout, admin_token):
     # The same server, now unreachable: "testserver" does not resolve outside the TestClient.
     down = httpx.Client(timeout=2.0)
     offline = Client(
-        "http://testserver", token=admin_token, cache_dir=tmp_path / "cache", http=down
+        "http://testserver",
+        token=admin_token,
+        cache_dir=tmp_path / "cache",
+        http=down,
+        retries=RetryPolicy(backoff=0.01),
     )
     # Explicitly offline: no network at all; and a server that is down falls back to the cache.
     assert offline.pull_basis("a", "task", local_files_only=True).files == pulled.files
@@ -182,7 +187,7 @@ def test_offline_from_cache(client, tmp_path, layout, admin_token):
     )
     with pytest.raises(NotFound):
         offline.pull_basis("a", "task", version=7, local_files_only=True)
-    with pytest.raises(httpx.TransportError):
+    with pytest.raises(RetriesExhausted):  # an httpx.TransportError, after 5 tries
         offline.pull_basis("a", "task", version=7)  # nothing cached to fall back on
     empty = Client("http://testserver", cache_dir=tmp_path / "empty", http=down)
     with pytest.raises(NotFound):

@@ -155,3 +155,40 @@ def test_stale_heartbeat_is_requeued(database_url, tmp_path):
             assert s.get(Job, stale).status == "pending" and s.get(Job, fresh).status == "running"
     finally:
         registry.db.dispose()
+
+
+def test_the_pending_job_cap_holds_across_processes(database_url, tmp_path, layout_small):
+    """Four apps on one database (four registry processes: no process-local lock is shared)
+    take one token's orders at the same moment: the token's row, locked FOR UPDATE until each
+    order commits, lets exactly `max_pending_jobs_per_token` through."""
+    from fastapi.testclient import TestClient
+
+    from tests.services.helpers import auth, token_for
+
+    apps = [
+        make_app(tmp_path, database_url=database_url, max_pending_jobs_per_token=3)
+        for _ in range(4)
+    ]
+    add_task(api_client(apps[0], "admin"), tmp_path, "a", layout_small, rows=6, seed=3)
+    headers = auth(token_for(apps[0], "write"))
+    clients = [TestClient(app, headers=headers) for app in apps for _ in range(2)]
+    start = threading.Barrier(len(clients))
+    statuses: list[int] = []
+
+    def order(http: TestClient) -> None:
+        start.wait()
+        r = http.post("/v1/tasks/a/bases", json={"kind": "random", "rank": 2})
+        statuses.append(r.status_code)
+
+    threads = [threading.Thread(target=order, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    try:
+        assert sorted(statuses) == [202] * 3 + [429] * 5
+        with apps[0].state.registry.db.session() as s:
+            assert len(s.scalars(select(Job.id)).all()) == 3
+    finally:
+        for app in apps:
+            app.state.registry.db.dispose()

@@ -20,6 +20,8 @@ from services.db import Database
 from services.models import Base
 from tests.services.helpers import auth, make_settings
 from tests.services.migration_cases import (
+    assert_downgrade_to_baseline,
+    assert_jobs_became_basis_jobs,
     build_previous_release,
     contents,
     model_differences,
@@ -54,6 +56,7 @@ def test_previous_release_database_upgrades_and_keeps_every_row(database, tmp_pa
         state = migrations.current(app.state.registry.db.engine)
         assert (state.revision, state.kind) == (migrations.head(), "current")
         assert contents(url, like=before) == before
+        assert_jobs_became_basis_jobs(url)
         http = TestClient(app, headers=auth(token))
         assert [t["id"] for t in http.get("/v1/tasks").json()["items"]] == ["mrpc", "sst2"]
         aliases = http.get("/v1/tasks/sst2/bases/task/aliases").json()
@@ -76,6 +79,10 @@ def test_models_and_migrations_agree_by_name(database):
     Base.metadata.create_all(engine)
     engine.dispose()
     assert schema(migrated) == schema(made)
+
+
+def test_revision_0002_downgrades_to_the_baseline(database):
+    assert_downgrade_to_baseline(database("_a"), database("_b"))
 
 
 def test_concurrent_upgrades_take_turns(database):

@@ -33,11 +33,16 @@ def _all_subclasses(cls):
 
 
 def test_every_error_class_is_in_the_table_with_a_unique_code():
+    import client.retry  # noqa: F401
     import services.jobs  # noqa: F401 - import everything that defines errors
+    import services.migrations  # noqa: F401
     import worker.svd.engine  # noqa: F401
 
+    # RetriesExhausted is raised by the client itself when it cannot reach the registry: it
+    # never crosses the wire, so it has no row in the table.
+    local = {client.retry.RetriesExhausted}
     defined = {c for c in _all_subclasses(TinysubError) if c.__module__.startswith(
-        ("storage", "services", "worker", "client"))}  # fmt: skip
+        ("storage", "services", "worker", "client"))} - local  # fmt: skip
     assert defined <= set(ERROR_TYPES.values()), defined - set(ERROR_TYPES.values())
     assert all(ERROR_TYPES[c.code] is c for c in ERROR_TYPES.values())
     assert WorkerTaskFailed is TaskFailed

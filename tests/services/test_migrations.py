@@ -21,6 +21,8 @@ from services.migrations import SchemaMismatch
 from services.models import Base
 from tests.services.helpers import auth, make_settings
 from tests.services.migration_cases import (
+    assert_downgrade_to_baseline,
+    assert_jobs_became_basis_jobs,
     build_previous_release,
     contents,
     model_differences,
@@ -55,6 +57,7 @@ def test_previous_release_database_upgrades_and_keeps_every_row(url, tmp_path):
         db.dispose()
     assert (old.kind, new.revision, new.kind) == ("legacy", migrations.head(), "current")
     assert contents(url, like=before) == before
+    assert_jobs_became_basis_jobs(url)
 
     # The registry starts on it and serves what 0.1.0 stored, to 0.1.0's token.
     app = create_app(make_settings(tmp_path, database_url=url))
@@ -175,9 +178,13 @@ def test_a_database_with_only_some_tables_is_refused_untouched(url):
     assert names == {"tasks"}
 
 
+def test_revision_0002_downgrades_to_the_baseline(url, tmp_path):
+    assert_downgrade_to_baseline(url, f"sqlite:///{tmp_path / 'baseline.db'}")
+
+
 def test_the_revision_writer_numbers_the_next_revision(tmp_path, monkeypatch):
     """`python -m services.migrations "message"`, on a copy of the revisions: with the models
-    unchanged it writes an empty revision 0002 on top of head."""
+    unchanged it writes an empty revision on top of head, numbered one higher."""
     import shutil
 
     from services.migrations.__main__ import main
@@ -193,8 +200,8 @@ def test_the_revision_writer_numbers_the_next_revision(tmp_path, monkeypatch):
         monkeypatch.undo()
         migrations._script.cache_clear()
         migrations._known_revisions.cache_clear()
-    (written,) = (copy / "versions").glob("0002_*.py")
+    (written,) = (copy / "versions").glob("0003_*.py")
     text = written.read_text()
-    assert written.name == "0002_add_nothing.py"
-    assert "down_revision = '0001'" in text and "pass" in text
-    assert migrations.head() == "0001"  # the real revisions again
+    assert written.name == "0003_add_nothing.py"
+    assert "down_revision = '0002'" in text and "pass" in text
+    assert migrations.head() == "0002"  # the real revisions again

@@ -204,6 +204,42 @@ def test_drop_staged_row(api, layout):
     assert _put(api, "t", 0, g, np.zeros(8)).status_code == 200
 
 
+def test_staged_parts_come_with_their_sha256(api, tmp_path, layout):
+    """What an interrupted upload resumes from: a staged row's parts and the sha256 of the
+    bytes the registry holds (the client sends only the others)."""
+    _create(api, layout)
+    api.post("/v1/tasks/t/trajectory", json={})
+    row = make_trajectory(layout, 1, seed=2)[0]
+    g0, g1 = layout.group_names
+    _put(api, "t", 0, g0, row[g0][:100])
+    _put(api, "t", 0, g0, row[g0][100:300], offset=100)
+    _put(api, "t", 0, g1, row[g1][:7])
+
+    def sha(values) -> str:
+        return hashlib.sha256(np.ascontiguousarray(values, "<f4").tobytes()).hexdigest()
+
+    r = api.get("/v1/tasks/t/trajectory/rows/0/parts")
+    assert r.status_code == 200
+    assert r.json() == {
+        "row": 0,
+        "groups": {
+            g0: [
+                {"offset": 0, "count": 100, "sha256": sha(row[g0][:100])},
+                {"offset": 100, "count": 200, "sha256": sha(row[g0][100:300])},
+            ],
+            g1: [{"offset": 0, "count": 7, "sha256": sha(row[g1][:7])}],
+        },
+    }
+    assert api.get("/v1/tasks/t/trajectory/rows/1/parts").json() == {"row": 1, "groups": {}}
+    api.delete("/v1/tasks/t/trajectory/rows/0")
+    assert api.get("/v1/tasks/t/trajectory/rows/0/parts").json()["groups"] == {}
+    # A registered store takes no uploads and has no staged parts; no trajectory is a 404.
+    add_task(api, tmp_path, "reg", layout, rows=2)
+    assert api.get("/v1/tasks/reg/trajectory/rows/0/parts").json()["groups"] == {}
+    _create(api, layout, "bare")
+    assert api.get("/v1/tasks/bare/trajectory/rows/0/parts").status_code == 404
+
+
 # ------------------------------------------------------------- issue 12, finding 10: pages
 def test_get_trajectory_pages_the_row_hashes(api, tmp_path, layout):
     store = add_task(api, tmp_path, "t", layout, rows=7)

@@ -87,10 +87,27 @@ def test_task_basis_jobs_recompute_flow(registry, tmp_path, capsys, monkeypatch)
     assert run(["recompute", "--task", "a", "--kind", "task", "--wait", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert [(i["kind"], i["version"]) for i in result["queued"]] == [("task", 2)]
+    assert run(["recompute", "--task", "a", "--dry-run"]) == 0  # a table of what it would do
+    out = capsys.readouterr().out
+    assert "a/random" in out and "1 skipped" not in out and "2 queued, 0 skipped" in out
+    assert run(["recompute", "--task", "a", "--dry-run", "--detach", "--json"]) == 0
+    detached = json.loads(capsys.readouterr().out)
+    assert (detached["kind"], detached["basis"]) == ("recompute", None)
+    assert run(["jobs", "wait", str(detached["id"]), "-q"]) == 0
+    assert f"job {detached['id']}: succeeded" in capsys.readouterr().out
     assert run(["jobs", "list", "--json"]) == 0
     jobs = json.loads(capsys.readouterr().out)
-    assert [j["status"] for j in jobs] == ["succeeded"] * 3
+    assert [(j["kind"], j["status"]) for j in jobs] == [
+        ("recompute", "succeeded"),  # the detached dry run
+        ("recompute", "succeeded"),  # the dry run
+        ("basis", "succeeded"),  # what the first recompute queued
+        ("recompute", "succeeded"),
+        ("basis", "succeeded"),
+        ("basis", "succeeded"),
+    ]
+    assert run(["jobs", "list"]) == 0 and "recompute" in capsys.readouterr().out
     assert run(["jobs", "show", str(jobs[0]["id"])]) == 0
+    assert json.loads(capsys.readouterr().out)["result"]["queued"][0]["job_id"] is None
     assert run(["jobs", "cancel", str(jobs[0]["id"])]) == 2  # already finished
     assert run(["basis", "order", "ghost"]) == 2
     assert "ghost" in capsys.readouterr().err
