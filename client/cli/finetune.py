@@ -2,6 +2,7 @@
 
 tinysub finetune --task rotten_tomatoes --method intrinsic --basis runs/rt-basis --out runs/rt
 tinysub finetune --task rt --method intrinsic --basis-task rt --registry http://host:8000 ...
+tinysub finetune --task jsonl:sft.jsonl --task-type causal-lm --model openai-community/gpt2 ...
 tinysub outliers runs/rt-intrinsic runs/rt-random --out figure4.png
 """
 
@@ -34,7 +35,7 @@ def finetune_cmd(
             "--task",
             "-t",
             help="rotten_tomatoes | imdb | trec6 | sms_spam | vader_movies | vader_tweets | "
-            "vader_amazon | vader_nyt, or csv:PATH / jsonl:PATH.",
+            "vader_amazon | vader_nyt, or csv:PATH / jsonl:PATH (text:PATH for causal-lm).",
         ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder (run.json, theta, ...).")],
@@ -46,8 +47,31 @@ def finetune_cmd(
         ),
     ] = "intrinsic",
     model: Annotated[
-        str, typer.Option(help="minilm, a local model folder, or tiny-bert/-roberta/-mpnet.")
+        str,
+        typer.Option(
+            help="minilm, a local model folder, a Hugging Face Hub ID (from the HF cache; "
+            "HF_HOME, HF_HUB_OFFLINE), tiny-bert/-roberta/-mpnet, or for causal-lm "
+            "tiny-gpt2/-llama/-qwen2/-mistral."
+        ),
     ] = "minilm",
+    task_type: Annotated[
+        str,
+        typer.Option(
+            help="auto (classification or regression from the labels) | classification | "
+            "regression | causal-lm (next-token loss, scored by perplexity)."
+        ),
+    ] = "auto",
+    text_column: Annotated[
+        str | None, typer.Option(help="causal-lm: the column of plain texts (default: text).")
+    ] = None,
+    prompt_column: Annotated[
+        str | None,
+        typer.Option(help="causal-lm: the prompt column (default: prompt, instruction, ...)."),
+    ] = None,
+    response_column: Annotated[
+        str | None,
+        typer.Option(help="causal-lm: the response column (default: response, output, ...)."),
+    ] = None,
     basis: Annotated[
         str | None, typer.Option(help="A local basis (path or fsspec URL) to train in.")
     ] = None,
@@ -194,6 +218,10 @@ def finetune_cmd(
         hold_zero_mode=hold_zero_mode,
         sigma=sigma,
         save_model=save_model,
+        task_type=task_type,
+        text_column=text_column,
+        prompt_column=prompt_column,
+        response_column=response_column,
     )
     with phase_progress(not quiet and not json_out) as cb:
         record = run(spec, progress=cb)
@@ -209,6 +237,8 @@ def finetune_cmd(
         f"{tr['trainable']['subspace']:,} subspace + {tr['trainable']['full_space']:,} "
         f"full-space trainable)"
     )
+    for sample in record.get("samples") or []:
+        console.print(f"  {sample['prompt']!r} -> {sample['output']!r}", markup=False)
     if record.get("outliers"):
         o = record["outliers"]
         console.print(

@@ -20,10 +20,13 @@ SCOPES = ("layer", "global")
 # trajectory's own extent along v_k (theta in the trajectory's units); "none" is the paper's
 # rule, V theta with unit-scaled coordinates.
 THETA_SCALES = ("extent", "none")
-# Parts of the model that can train in the full space beside theta:
-# embeddings (`*.embeddings.*`), head (pooler and classifier: outside the encoder),
-# layernorm (the LayerNorm weights inside encoder layers, trained directly on top of V theta),
-# encoder_other (encoder parameters outside every layer, e.g. MPNet's relative_attention_bias).
+# Parts of the model that can train in the full space beside theta (see
+# worker.finetune.reparam.parameter_parts):
+# embeddings (`*.embeddings.*`; a decoder's token and position embeddings, GPT-2's wte/wpe,
+# Llama's embed_tokens, and so a tied lm_head), head (pooler and classifier, an untied lm_head),
+# layernorm (the LayerNorm / RMSNorm weights inside the layers, trained directly on top of
+# V theta), encoder_other (body parameters outside every layer: MPNet's relative_attention_bias,
+# a decoder's final norm).
 PARTS = ("embeddings", "head", "layernorm", "encoder_other")
 
 
@@ -88,7 +91,8 @@ class SubspaceConfig:
         not compute accurately), keep each layer's columns and record them as short layers
         instead of refusing.
     rule:
-        Grouping rule of the layout (``auto`` detects bert/roberta/mpnet ``encoder.layer.N.``).
+        Grouping rule of the layout (``auto`` detects bert/roberta/mpnet ``encoder.layer.N.``,
+        GPT-2's ``h.N.`` and Llama/Mistral/Qwen's ``layers.N.``).
     """
 
     ensemble: int = 16

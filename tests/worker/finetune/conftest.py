@@ -35,3 +35,36 @@ def make_batch(n: int = 8, length: int = 12, seed: int = 0, num_labels: int = 3)
 @pytest.fixture(params=ARCHS)
 def arch(request) -> str:
     return request.param
+
+
+DECODERS = ("gpt2", "llama", "qwen2")
+
+
+def make_causal_model(arch: str, seed: int = 0):
+    """A tiny randomly initialized decoder (vocab VOCAB, no dropout) for causal-LM tests."""
+    from transformers import AutoModelForCausalLM
+
+    from worker.finetune.models import tiny_causal_config
+
+    config = tiny_causal_config(arch, VOCAB, pad_id=0, bos_id=2, eos_id=3)
+    for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop", "attention_dropout"):
+        if hasattr(config, key):
+            setattr(config, key, 0.0)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def make_lm_batch(n: int = 6, length: int = 10, seed: int = 0) -> dict:
+    """Right-padded token batch whose labels ignore the padding (-100)."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(4, VOCAB, (n, length), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[: n // 2, length - 3 :] = 0
+    ids[mask == 0] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+@pytest.fixture(params=DECODERS)
+def decoder(request) -> str:
+    return request.param
