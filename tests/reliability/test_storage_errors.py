@@ -212,10 +212,11 @@ def test_corrupt_later_chunk_is_never_sent(big_basis, tmp_path):
     # A range inside the corrupt chunk is refused before anything is sent.
     r = api.get(info["url"], headers={"Range": "bytes=480000-480099"})
     assert r.status_code == 500 and r.json()["code"] == "storage_error"
-    # The client never caches it.
+    # The client never caches it. It resumes the cut body from its last byte, so the server's
+    # refusal of the corrupt chunk is what it reports (a short body if the resume is not reached).
     c = Client("http://testserver", token=api.headers["authorization"].split()[1],
                http=api, cache_dir=tmp_path / "cache")  # fmt: skip
-    with pytest.raises(StorageError, match="wrong size or sha256"):
+    with pytest.raises(StorageError, match="a chunk may be corrupt|wrong size or sha256"):
         c.pull_basis("a", "task", layers=["layer.0"])
     assert not c.cache.blob_path(info["sha256"]).exists()
 
