@@ -50,3 +50,17 @@ def tiny_store(tmp_path, tiny_layout):
     for i, row in enumerate(make_trajectory(tiny_layout, 8)):
         store.append(row, step=10 * i, epoch=i)
     return store
+
+
+HEAVY_MARKERS = ("integration", "slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with an integration or slow test run first, each file's tests kept together and in
+    order. `make test` spreads whole files over two processes (pytest-xdist, --dist loadfile):
+    starting the long end-to-end files first keeps one of them from being the last thing left
+    running on one core while the other core idles."""
+    heavy = {
+        item.path for item in items if any(item.get_closest_marker(name) for name in HEAVY_MARKERS)
+    }
+    items.sort(key=lambda item: item.path not in heavy)  # stable: file order is kept

@@ -27,6 +27,7 @@ ALLOW_VAR = "TINYSUB_ALLOW_SKIPS"
 
 _allowed = pytest.StashKey[frozenset[str]]()
 _missing = pytest.StashKey[list[tuple[str, str, str, bool]]]()  # nodeid, component, reason, allowed
+_PROPERTY = "tinysub_missing_component"
 
 
 class MissingComponent(pytest.skip.Exception):
@@ -77,6 +78,7 @@ def _opt_out(component: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_allowed] = allowed_skips()
     config.stash[_missing] = []
+    config.pluginmanager.register(_Collector(config), "tinysub-promised-collector")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -86,7 +88,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     if not isinstance(missing, MissingComponent):
         return report
     allowed = missing.component in item.config.stash[_allowed]
-    item.config.stash[_missing].append((item.nodeid, missing.component, missing.reason, allowed))
+    # Carried on the report, which pytest-xdist sends from its workers to the process that
+    # prints the summary (_Collector below gathers it there).
+    report.user_properties.append((_PROPERTY, (missing.component, missing.reason, allowed)))
     if allowed:
         path, lineno, _ = report.longrepr
         report.longrepr = (path, lineno, f"{missing} (allowed by {ALLOW_VAR})")
@@ -99,8 +103,20 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+class _Collector:
+    """Gathers the missing components from every report, in the process that prints them."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        for name, value in report.user_properties:
+            if name == _PROPERTY:
+                self.config.stash[_missing].append((report.nodeid, *value))
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    missing = config.stash.get(_missing, [])
+    missing = list(dict.fromkeys(config.stash.get(_missing, [])))
     if not missing:
         return
     tr = terminalreporter
