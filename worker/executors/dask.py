@@ -25,6 +25,9 @@ from worker.executors.base import (
 
 log = logging.getLogger(__name__)
 
+# How long no worker may run or hold a task of a failed computation before it counts as drained.
+QUIET_SECONDS = 0.25
+
 
 # Worker-side task states that may still run a task (a cancelled task that was executing is
 # "cancelled" until it ends: a worker cannot stop a running task, it only drops its result).
@@ -103,12 +106,20 @@ class DaskExecutor(Executor):
         """Wait until no worker runs, or may still start, one of `futures` (best effort)."""
         keys = {str(f.key) for f in futures}
         deadline = time.monotonic() + DRAIN_SECONDS
+        quiet_since = None
         while time.monotonic() < deadline:
             try:
                 running = self.client.run(_live_keys, on_error="ignore")
             except Exception:  # noqa: BLE001 - the cluster may be gone: nothing to wait for
                 return
-            if not keys.intersection(k for ks in running.values() for k in ks or ()):
+            if keys.intersection(k for ks in running.values() for k in ks or ()):
+                quiet_since = None
+            elif quiet_since is None:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since >= QUIET_SECONDS:
+                # Quiet for a while, not just once: a task the scheduler handed to a worker
+                # just before the cancel (a dead worker's task moved to a live one, say) can
+                # reach that worker after this query, on its other stream, and then run.
                 return
             time.sleep(0.02)
         log.warning("tasks of a failed computation were still running after %s s", DRAIN_SECONDS)
