@@ -57,7 +57,7 @@ def hash_token(token: str) -> str:
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
-    out = sorted(set(scopes), key=_SCOPE_RANK.get)
+    out = sorted(set(scopes), key=lambda s: _SCOPE_RANK.get(s, -1))  # unknown ones sort too
     bad = [s for s in out if s not in _SCOPE_RANK]
     if bad or not out:
         raise InvalidInput(f"scopes {bad or '[]'} are not valid; use some of {list(SCOPES)}")

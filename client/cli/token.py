@@ -38,8 +38,9 @@ def create(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a token and print it once (only its sha256 is stored)."""
-    from services.security import create_token
+    from services.security import check_scopes, create_token
 
+    check_scopes(scope)  # bad input touches no database (none is created for it)
     db = _database(data_dir, database_url)
     with db.session() as s:
         row, plain = create_token(s, name, scope)

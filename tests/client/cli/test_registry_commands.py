@@ -39,7 +39,7 @@ def _token(settings, capsys, *scopes):
     return json.loads(capsys.readouterr().out)["token"]
 
 
-def test_token_commands_work_on_the_database(registry, capsys):
+def test_token_commands_work_on_the_database(registry, capsys, tmp_path):
     token = _token(registry, capsys, "read")
     db = Database(registry.resolved_database_url)
     with db.session() as s:
@@ -50,7 +50,13 @@ def test_token_commands_work_on_the_database(registry, capsys):
     with db.session() as s:
         assert authenticate(s, token) is None
     assert run(["token", "revoke", "99", "--data-dir", str(registry.data_dir)]) == 2
-    assert run(["token", "create", "--name", "x", "--scope", "root", "--data-dir", "d"]) == 2
+    # A bad scope, alone or beside a good one, is refused before any database is opened.
+    fresh = tmp_path / "fresh"
+    for scopes in (["root"], ["read", "root"]):
+        args = [a for s in scopes for a in ("--scope", s)]
+        assert run(["token", "create", "--name", "x", *args, "--data-dir", str(fresh)]) == 2
+        assert "not valid" in capsys.readouterr().err
+    assert not fresh.exists()
 
 
 def test_task_basis_jobs_recompute_flow(registry, tmp_path, capsys, monkeypatch):
