@@ -2,7 +2,7 @@
 
 Why a module of constants: every table of the report prints the paper's row next to the
 measured one, and the verdicts quote the paper's gaps; keeping the numbers in one place, copied
-once from /work/shared/papers/zhang-2023-fine-tuning-happens-in-tiny-subspaces.md (Zhang, Liu
+once from shared/papers/zhang-2023-fine-tuning-happens-in-tiny-subspaces.md (Zhang, Liu
 and Shao, ACL 2023), makes them checkable against the source line by line and keeps the report
 code free of literals.
 
