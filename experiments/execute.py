@@ -10,13 +10,37 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
+import time
 from typing import Any
 
 from experiments.plan import Job
 
+PARENT_POLL_SECONDS = 1.0
 
-def init_worker(threads: int) -> None:
-    """Pool initializer: threads per process, quiet libraries."""
+
+def exit_with_parent(parent_pid: int, poll: float = PARENT_POLL_SECONDS) -> threading.Thread:
+    """Exit this process as soon as `parent_pid` is gone.
+
+    Why: a pool worker outlives a parent that is killed (SIGKILL, or SIGTERM before Python can
+    clean up) and would go on training for minutes, holding the CPU that the next run needs.
+    Polling the parent id catches every way the parent can die, which no signal handler does.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def init_worker(threads: int, parent_pid: int | None = None) -> None:
+    """Pool initializer: threads per process, quiet libraries; leave when the parent dies."""
+    if parent_pid is not None:
+        exit_with_parent(parent_pid)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
     import transformers

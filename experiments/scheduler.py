@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -30,6 +32,21 @@ class BudgetSpent(TinysubError):
     """The time budget ran out before every run finished; rerun the command to resume."""
 
 
+def terminate_workers(pool: ProcessPoolExecutor) -> None:
+    """SIGTERM every worker of `pool` now.
+
+    Why not only shutdown(wait=False): at interpreter exit concurrent.futures joins the workers,
+    so a run in flight would still hold the exit for minutes. Python 3.14 has
+    `ProcessPoolExecutor.terminate_workers`; before it the worker table is private.
+    """
+    if hasattr(pool, "terminate_workers"):
+        pool.terminate_workers()
+        return
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
+        if process.is_alive():
+            process.terminate()
+
+
 class Scheduler:
     def __init__(
         self,
@@ -44,6 +61,7 @@ class Scheduler:
         self.deadline = deadline
         self.progress = progress
         self._pool: ProcessPoolExecutor | None = None
+        self._old_sigterm: Any = None
         self.phase_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ pool
@@ -54,16 +72,39 @@ class Scheduler:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=init_worker,
-                initargs=(threads,),
+                initargs=(threads, os.getpid()),
             )
+            self._trap_sigterm()
         else:
             init_worker(os.cpu_count() or 1)
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            # A clean finish waits for the pool; an interrupt must not wait for runs that may
+            # take minutes: the workers see this process go and exit (execute.exit_with_parent).
+            interrupted = exc_type is not None and not issubclass(exc_type, TinysubError)
+            if interrupted:
+                terminate_workers(self._pool)
+            self._pool.shutdown(wait=not interrupted, cancel_futures=True)
             self._pool = None
+        self._restore_sigterm()
+
+    def _trap_sigterm(self) -> None:
+        """Turn SIGTERM into SystemExit so that `with Scheduler(...)` unwinds and the ledger's
+        last commit stands; without it Python dies on the spot and skips every clean-up."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be installed from the main thread
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            raise SystemExit(128 + signum)
+
+        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def _restore_sigterm(self) -> None:
+        if self._old_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.time() >= self.deadline
