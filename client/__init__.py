@@ -1,4 +1,4 @@
-"""The tinysub Python client and the `tinysub` command line.
+"""The tinysub Python client: a thin, typed library over the registry's REST API.
 
     from client import Client
     with Client("http://127.0.0.1:8000", token="tsk_...") as c:

@@ -84,7 +84,7 @@ class Client:
         headers.update(extra or {})
         return headers
 
-    def _request(
+    def request(
         self,
         method: str,
         path: str,
@@ -109,13 +109,13 @@ class Client:
         policy = retry or self.retry
         return policy.call(send, what=f"{method} {path}", idempotent=idempotent)
 
-    def _json(self, method: str, path: str, **kw) -> Any:
-        response = self._request(method, path, **kw)
+    def request_json(self, method: str, path: str, **kw) -> Any:
+        response = self.request(method, path, **kw)
         return response.json() if response.content else None
 
     # ------------------------------------------------------------------------------ tasks
     def health(self) -> dict:
-        return self._json("GET", "/v1/health")
+        return self.request_json("GET", "/v1/health")
 
     def create_task(
         self,
@@ -134,17 +134,17 @@ class Client:
             "layout": layout.to_dict() if isinstance(layout, Layout) else layout,
             "description": description,
         }
-        return self._json("POST", "/v1/tasks", json=body, idempotent=True)
+        return self.request_json("POST", "/v1/tasks", json=body, idempotent=True)
 
     def get_task(self, task_id: str) -> dict:
-        return self._json("GET", f"/v1/tasks/{task_id}")
+        return self.request_json("GET", f"/v1/tasks/{task_id}")
 
     def list_tasks(self, *, model: str | None = None, offset: int = 0, limit: int = 50) -> dict:
         """One page: {items, total, offset, limit}. `iter_tasks` walks all pages."""
         params: dict[str, Any] = {"offset": offset, "limit": limit}
         if model is not None:
             params["model"] = model
-        return self._json("GET", "/v1/tasks", params=params)
+        return self.request_json("GET", "/v1/tasks", params=params)
 
     def iter_tasks(self, *, model: str | None = None, page_size: int = 100) -> Iterator[dict]:
         offset = 0
@@ -156,7 +156,7 @@ class Client:
                 return
 
     def task_layout(self, task_id: str) -> Layout:
-        return Layout.from_dict(self._json("GET", f"/v1/tasks/{task_id}/layout"))
+        return Layout.from_dict(self.request_json("GET", f"/v1/tasks/{task_id}/layout"))
 
     # ------------------------------------------------------------------------ trajectories
     def trajectory(self, task_id: str, *, page_size: int = 500) -> dict:
@@ -182,11 +182,11 @@ class Client:
         """The trajectory with the sha256s of rows [offset, offset + limit) and `next_offset`
         (None on the last page)."""
         params = {"offset": offset, "limit": limit}
-        return self._json("GET", f"/v1/tasks/{task_id}/trajectory", params=params)
+        return self.request_json("GET", f"/v1/tasks/{task_id}/trajectory", params=params)
 
     def register_trajectory(self, task_id: str, url: str) -> dict:
         """Register an existing store (under the server's store root or a trusted prefix)."""
-        return self._json(
+        return self.request_json(
             "POST", f"/v1/tasks/{task_id}/trajectory", json={"url": url}, idempotent=True
         )
 
@@ -213,7 +213,7 @@ class Client:
         try:
             status = self.trajectory(task_id)
         except NotFound:
-            self._json(
+            self.request_json(
                 "POST", f"/v1/tasks/{task_id}/trajectory", json={"dtype": dtype}, idempotent=True
             )
             # Every page: a store left by a request that died before the registry's database
@@ -243,7 +243,7 @@ class Client:
         for key, value in (("selection", selection), ("tasks", tasks), ("executor", executor)):
             if value is not None:
                 body[key] = value
-        return Job(self, self._json("POST", f"/v1/tasks/{task_id}/bases", json=body))
+        return Job(self, self.request_json("POST", f"/v1/tasks/{task_id}/bases", json=body))
 
     def list_bases(self, task_id: str, kind: str | None = None) -> list[dict]:
         out, offset = [], 0
@@ -251,7 +251,7 @@ class Client:
             params: dict[str, Any] = {"offset": offset, "limit": 500}
             if kind:
                 params["kind"] = kind
-            page = self._json("GET", f"/v1/tasks/{task_id}/bases", params=params)
+            page = self.request_json("GET", f"/v1/tasks/{task_id}/bases", params=params)
             out += page["items"]
             offset += len(page["items"])
             if not page["items"] or offset >= page["total"]:
@@ -267,22 +267,22 @@ class Client:
     ) -> dict:
         """The manifest of a ready basis (layers, shapes, sha256, download paths)."""
         params = _ref_params(version, alias)
-        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}", params=params)
+        return self.request_json("GET", f"/v1/tasks/{task_id}/bases/{kind}", params=params)
 
     def basis_version(self, task_id: str, kind: str, version: int) -> dict:
         """One version in any status (pending, running, ready, failed)."""
-        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}/versions/{version}")
+        return self.request_json("GET", f"/v1/tasks/{task_id}/bases/{kind}/versions/{version}")
 
     def set_alias(self, task_id: str, kind: str, name: str, version: int) -> dict:
-        return self._json(
+        return self.request_json(
             "PUT", f"/v1/tasks/{task_id}/bases/{kind}/aliases/{name}", json={"version": version}
         )
 
     def delete_alias(self, task_id: str, kind: str, name: str) -> None:
-        self._request("DELETE", f"/v1/tasks/{task_id}/bases/{kind}/aliases/{name}")
+        self.request("DELETE", f"/v1/tasks/{task_id}/bases/{kind}/aliases/{name}")
 
     def aliases(self, task_id: str, kind: str) -> list[dict]:
-        return self._json("GET", f"/v1/tasks/{task_id}/bases/{kind}/aliases")
+        return self.request_json("GET", f"/v1/tasks/{task_id}/bases/{kind}/aliases")
 
     def pull_basis(
         self,
@@ -316,7 +316,7 @@ class Client:
         # at most before the cache answers.
         whole = cached is not None and self._in_cache(cached["manifest"], layers)
         try:
-            response = self._request(
+            response = self.request(
                 "GET",
                 f"/v1/tasks/{task_id}/bases/{kind}",
                 params=_ref_params(version, alias if version is None else None),
@@ -403,7 +403,7 @@ class Client:
 
     # ------------------------------------------------------------------------------- jobs
     def job(self, job_id: int) -> Job:
-        return Job(self, self._json("GET", f"/v1/jobs/{job_id}"))
+        return Job(self, self.request_json("GET", f"/v1/jobs/{job_id}"))
 
     def jobs(
         self, *, status: str | None = None, task_id: str | None = None, limit: int = 50
@@ -413,10 +413,10 @@ class Client:
             params["status"] = status
         if task_id:
             params["task_id"] = task_id
-        return [Job(self, j) for j in self._json("GET", "/v1/jobs", params=params)["items"]]
+        return [Job(self, j) for j in self.request_json("GET", "/v1/jobs", params=params)["items"]]
 
     def cancel_job(self, job_id: int) -> Job:
-        return Job(self, self._json("POST", f"/v1/jobs/{job_id}/cancel"))
+        return Job(self, self.request_json("POST", f"/v1/jobs/{job_id}/cancel"))
 
     def start_recompute(
         self,
@@ -461,20 +461,20 @@ class Client:
 
     # ------------------------------------------------------------------------ tokens, runs
     def create_token(self, name: str, scopes: list[str]) -> dict:
-        return self._json("POST", "/v1/tokens", json={"name": name, "scopes": scopes})
+        return self.request_json("POST", "/v1/tokens", json={"name": name, "scopes": scopes})
 
     def tokens(self) -> list[dict]:
-        return self._json("GET", "/v1/tokens")
+        return self.request_json("GET", "/v1/tokens")
 
     def revoke_token(self, token_id: int) -> dict:
-        return self._json("DELETE", f"/v1/tokens/{token_id}")
+        return self.request_json("DELETE", f"/v1/tokens/{token_id}")
 
     def create_run(self, **fields: Any) -> dict:
-        return self._json("POST", "/v1/runs", json=fields)
+        return self.request_json("POST", "/v1/runs", json=fields)
 
     def runs(self, *, task_id: str | None = None, method: str | None = None) -> list[dict]:
         params = {k: v for k, v in (("task_id", task_id), ("method", method)) if v}
-        return self._json("GET", "/v1/runs", params=params)["items"]
+        return self.request_json("GET", "/v1/runs", params=params)["items"]
 
 
 def _ref_params(version: int | None, alias: str | None) -> dict[str, Any]:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from client.errors import error_from_body
-
-if TYPE_CHECKING:
-    from client.client import Client
+from client.transport import Requester
 
 FINISHED = ("succeeded", "failed", "cancelled")
 
@@ -20,7 +18,7 @@ class Job:
     `kind` is 'basis' (`basis` names the basis it computes) or 'recompute' (`basis` is None;
     `params` is its request and, once it succeeded, `result` is {queued, skipped})."""
 
-    def __init__(self, client: Client, data: dict[str, Any]) -> None:
+    def __init__(self, client: Requester, data: dict[str, Any]) -> None:
         self._client = client
         self._update(data)
 
@@ -51,11 +49,11 @@ class Job:
         return self.status in FINISHED
 
     def refresh(self) -> Job:
-        self._update(self._client._json("GET", f"/v1/jobs/{self.id}"))
+        self._update(self._client.request_json("GET", f"/v1/jobs/{self.id}"))
         return self
 
     def cancel(self) -> Job:
-        self._update(self._client._json("POST", f"/v1/jobs/{self.id}/cancel"))
+        self._update(self._client.request_json("POST", f"/v1/jobs/{self.id}/cancel"))
         return self
 
     @property
@@ -97,7 +95,7 @@ class Job:
 
 
 def start_recompute(
-    client: Client,
+    client: Requester,
     *,
     task_ids: list[str] | None = None,
     model: str | None = None,
@@ -112,4 +110,4 @@ def start_recompute(
     for key, value in (("task_ids", task_ids), ("model", model), ("kinds", kinds)):
         if value is not None:
             body[key] = value
-    return Job(client, client._json("POST", "/v1/recompute", json=body))
+    return Job(client, client.request_json("POST", "/v1/recompute", json=body))

@@ -12,24 +12,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from client.retry import RetriesExhausted
 from client.sources import SourceRow
+from client.transport import Requester
 from storage.arrays import check_row, digest, encode
 from storage.errors import Conflict, NotFound
 from storage.layout import Layout
-
-if TYPE_CHECKING:
-    from client.client import Client
 
 Part = tuple[str, int, int, str]  # (group, offset, count, sha256)
 
 
 def send_rows(
-    client: Client,
+    client: Requester,
     task_id: str,
     rows: Iterable[SourceRow],
     layout: Layout,
@@ -59,7 +56,7 @@ def send_rows(
             if row.index in staged:
                 held = _held_parts(client, task_id, row.index, vectors, step_values)
                 if held is None:
-                    client._request("DELETE", base_path)  # staged with other bytes or cuts
+                    client.request("DELETE", base_path)  # staged with other bytes or cuts
                 staged.discard(row.index)
             for group, offset, data in _parts(vectors, layout, step_values):
                 where.update(group=group, offset=offset)
@@ -67,7 +64,7 @@ def send_rows(
                 if held and (group, offset, len(data) // 4, sha) in held:
                     bar(len(data))
                     continue
-                client._request(
+                client.request(
                     "PUT",
                     f"{base_path}/groups/{group}",
                     params={"offset": offset},
@@ -79,7 +76,7 @@ def send_rows(
                 )
                 bar(len(data))
             where.update(group=None)
-            client._json(
+            client.request_json(
                 "POST",
                 f"{base_path}/commit",
                 json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
@@ -87,7 +84,7 @@ def send_rows(
             )
         # Rows staged by an earlier upload that this one did not reach.
         for leftover in sorted(staged):
-            client._request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{leftover}")
+            client.request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{leftover}")
     except RetriesExhausted as exc:
         at = f"row {where['row']}"
         if where["group"] is not None:
@@ -108,12 +105,12 @@ def _parts(vectors: dict, layout: Layout, step_values: int) -> Iterator[tuple[st
 
 
 def _held_parts(
-    client: Client, task_id: str, row: int, vectors: dict, step_values: int
+    client: Requester, task_id: str, row: int, vectors: dict, step_values: int
 ) -> set[Part] | None:
     """The parts of `row` the registry holds with exactly our bytes, cut where ours are cut;
     None when it holds any part that is not one of ours (the row must be dropped first)."""
     try:
-        staged = client._json("GET", f"/v1/tasks/{task_id}/trajectory/rows/{row}/parts")
+        staged = client.request_json("GET", f"/v1/tasks/{task_id}/trajectory/rows/{row}/parts")
     except NotFound:  # a registry from before this route: resend the row whole
         return None
     held: set[Part] = set()

@@ -82,7 +82,7 @@ class LocalServer:
     def start(self, timeout: float = 60.0) -> LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "client.cli.main", "serve",
+            sys.executable, "-m", "tinysub.cli.main", "serve",
             "--host", "127.0.0.1", "--port", str(self.port), "--log-level", self.log_level,
         ]  # fmt: skip
         with open(self.log, "ab") as log:

@@ -64,7 +64,7 @@ def test_upload_from_local_store_is_resumable_and_idempotent(client, tmp_path, l
     first = [{g: local.read_row(i, g) for g in layout.group_names} for i in range(4)]
     client.upload_trajectory("a", first[:3], part_bytes=1024)
     g0 = layout.group_names[0]
-    client._request(
+    client.request(
         "PUT",
         f"/v1/tasks/a/trajectory/rows/3/groups/{g0}",
         params={"offset": 0},

@@ -301,7 +301,7 @@ def test_a_stopped_upload_resumes_from_its_last_acknowledged_part(client, tmp_pa
         client.upload_trajectory("a", local.url, part_bytes=part_bytes)
     assert "rows before 1 are committed" in str(info.value)
     assert client.trajectory("a")["rows"] == 1
-    staged = client._json("GET", "/v1/tasks/a/trajectory/rows/1/parts")["groups"]
+    staged = client.request_json("GET", "/v1/tasks/a/trajectory/rows/1/parts")["groups"]
     assert sum(len(p) for p in staged.values()) == 3
     # Again, with the network back: only the parts the registry does not hold are sent.
     seen["on"], seen["n"] = False, 0
@@ -315,14 +315,14 @@ def test_a_stopped_upload_resumes_from_its_last_acknowledged_part(client, tmp_pa
 def test_staged_parts_with_other_bytes_are_dropped_and_sent_again(client, tmp_path, layout):
     local = write_store(tmp_path / "local", "a", layout, rows=1, seed=5)
     client.create_task("a", model="tiny", layout=layout)
-    client._json("POST", "/v1/tasks/a/trajectory", json={})
+    client.request_json("POST", "/v1/tasks/a/trajectory", json={})
     g = layout.groups[0]
     other = np.full(256, 7.0, "<f4").tobytes()  # our first part's cut, not its bytes
-    client._request(
+    client.request(
         "PUT", f"/v1/tasks/a/trajectory/rows/0/groups/{g.name}", params={"offset": 0},
         content=other, headers={"Content-Type": "application/octet-stream"},
     )  # fmt: skip
-    parts = client._json("GET", "/v1/tasks/a/trajectory/rows/0/parts")["groups"]
+    parts = client.request_json("GET", "/v1/tasks/a/trajectory/rows/0/parts")["groups"]
     assert parts == {
         g.name: [{"offset": 0, "count": 256, "sha256": hashlib.sha256(other).hexdigest()}]
     }

@@ -8,10 +8,10 @@ import shutil
 
 import pytest
 
-from client.cli.main import run as cli
 from experiments import scheduler as sched
 from experiments.config import ANALYSIS_PHASES, PHASES
 from experiments.ledger import RUNS_FILE
+from tinysub.cli.main import run as cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 

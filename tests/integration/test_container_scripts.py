@@ -28,7 +28,7 @@ DOCKER = REPO / "docker"
 def _shims(bindir: Path) -> None:
     bindir.mkdir()
     scripts = {
-        "tinysub": f'exec "{sys.executable}" -m client.cli.main "$@"',
+        "tinysub": f'exec "{sys.executable}" -m tinysub.cli.main "$@"',
         "python3": f'exec "{sys.executable}" "$@"',
         "tinysub-finetune-check": f'exec "{sys.executable}" "{DOCKER / "finetune_example.py"}"',
     }

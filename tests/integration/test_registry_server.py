@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from client import Client
-from client.cli.main import run
 from services.local import LocalServer
 from services.random_basis import random_basis
 from storage.basis import BasisStore
@@ -26,6 +25,7 @@ from storage.layout import build_layout
 from storage.trajectory import TrajectoryStore
 from tests.conftest import make_trajectory
 from tests.services.helpers import small_layout, write_store
+from tinysub.cli.main import run
 from worker.svd.bases import multitask_bases, task_basis
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]

@@ -84,7 +84,7 @@ def inputs(local_s3, tmp_path_factory):
             continue
         urls[task] = f"{INCOMING}/{task}"
         done = subprocess.run(
-            [sys.executable, "-m", "client.cli.main", "ingest", str(work / f"{task}.npz"),
+            [sys.executable, "-m", "tinysub.cli.main", "ingest", str(work / f"{task}.npz"),
              urls[task], "--chunk-cols", str(CHUNK_COLS), "--model", "arrays", "--quiet",
              *cli_opts],
             cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=120,

@@ -258,7 +258,7 @@ def setup(server_url: str, token: str, args: argparse.Namespace) -> Plan:
             jobs.append(c.compute_basis(t, "random", rank=args.rank, seed=len(jobs)))
         for t in upload_tasks:
             c.create_task(t, model="load-up", layout=up_layout)
-            c._json("POST", f"/v1/tasks/{t}/trajectory", json={})
+            c.request_json("POST", f"/v1/tasks/{t}/trajectory", json={})
         for job in jobs:
             job.wait(timeout=600)
     return Plan(

@@ -15,12 +15,12 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from client.cli.main import run
 from services.local import LocalServer
 from storage.trajectory import TrajectoryStore
 from tests.conftest import make_trajectory
 from tests.reliability import snapshots
 from tests.services.helpers import add_task, auth, make_app, token_for, write_store
+from tinysub.cli.main import run
 
 VALUES = {
     "task_id": "a",

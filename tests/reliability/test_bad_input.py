@@ -12,7 +12,6 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from client.cli.main import run
 from storage.basis import BasisStore
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.layout import build_layout, layout_from_model
@@ -20,6 +19,7 @@ from storage.trajectory import TrajectoryStore
 from tests.conftest import make_trajectory
 from tests.reliability import snapshots
 from tests.services.helpers import add_task, auth, make_app, token_for, write_store
+from tinysub.cli.main import run
 from worker.svd.bases import task_basis
 
 UNICODE_TRICKS = [

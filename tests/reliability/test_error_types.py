@@ -97,12 +97,12 @@ def test_client_sees_the_exact_classes(tmp_path):
         assert job.wait(timeout=30).status == "succeeded"
         layer = c.basis("a", "task")["layers"][0]
         with pytest.raises(RangeNotSatisfiable):
-            c._request("GET", layer["url"], headers={"Range": f"bytes={layer['nbytes']}-"})
-        c._json("POST", "/v1/tasks", json={"id": "b", "model": "tiny",
+            c.request("GET", layer["url"], headers={"Range": f"bytes={layer['nbytes']}-"})
+        c.request_json("POST", "/v1/tasks", json={"id": "b", "model": "tiny",
                                            "layout": layout.to_dict()})  # fmt: skip
-        c._json("POST", "/v1/tasks/b/trajectory", json={})
+        c.request_json("POST", "/v1/tasks/b/trajectory", json={})
         with pytest.raises(PayloadTooLarge):
-            c._request(
+            c.request(
                 "PUT",
                 "/v1/tasks/b/trajectory/rows/0/groups/layer.0",
                 content=b"\0" * 8192,

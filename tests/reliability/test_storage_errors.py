@@ -19,7 +19,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from client import Client
-from client.cli.main import run
 from services.app import create_app
 from storage.basis import BasisStore
 from storage.errors import InsufficientStorage, StorageError
@@ -28,6 +27,7 @@ from storage.trajectory import TrajectoryStore
 from tests.conftest import make_trajectory
 from tests.reliability import snapshots
 from tests.services.helpers import add_task, auth, make_settings, token_for, write_store
+from tinysub.cli.main import run
 from worker.executors import LocalExecutor
 from worker.svd.engine import BasisRequest, compute_bases
 from worker.svd.sources import make_sources
@@ -112,7 +112,7 @@ def test_disk_full_in_the_registry_is_507_and_the_upload_resumes(quota, tmp_path
     with TestClient(app) as http:
         c = Client("http://testserver", token=token, http=http, cache_dir=tmp_path / "cache")
         c.create_task("a", model="tiny", layout=layout)
-        c._json("POST", "/v1/tasks/a/trajectory", json={})
+        c.request_json("POST", "/v1/tasks/a/trajectory", json={})
         # A row takes its size twice while committed (staged parts, then the row).
         quota.fill(leave=int(5.5 * ROW_BYTES))
         with pytest.raises(InsufficientStorage) as info:

@@ -37,7 +37,7 @@ def test_unknown_executor_is_refused():
 def test_importing_the_service_creates_nothing(tmp_path):
     code = (
         "import services.app, services.routes, services.jobs, client, client.client, "
-        "client.cli.main; import sys; print('torch' in sys.modules)"
+        "tinysub.cli.main; import sys; print('torch' in sys.modules)"
     )
     out = subprocess.run(
         [sys.executable, "-c", code],

@@ -29,6 +29,9 @@ from typing import Any
 from storage.errors import TaskFailed, TinysubError
 
 ProgressFn = Callable[[int], None]
+# The variable that picks the kernels' device (cpu, cuda, auto): worker.svd.backend reads it, and
+# it is defined here, one layer down, because executors forward it to their remote workers.
+DEVICE_ENV = "TINYSUB_DEVICE"
 DRAIN_SECONDS = 120.0  # longest wait for running tasks to end after a failure
 
 

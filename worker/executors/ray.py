@@ -23,6 +23,7 @@ from typing import Any
 
 from storage.errors import InvalidInput
 from worker.executors.base import (
+    DEVICE_ENV,
     DRAIN_SECONDS,
     Executor,
     ProgressFn,
@@ -31,7 +32,6 @@ from worker.executors.base import (
     tree_reduce,
 )
 from worker.executors.memory import ENV as MEMORY_ENV
-from worker.svd.backend import DEVICE_ENV
 
 # How long one ray.wait blocks before progress is reported; results arriving sooner end it.
 _POLL_S = 0.2

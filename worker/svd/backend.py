@@ -31,13 +31,13 @@ from functools import lru_cache
 import numpy as np
 
 from storage.errors import InvalidInput
+from worker.executors.base import DEVICE_ENV
 
 try:  # torch is optional on serving hosts
     import torch
 except ImportError:  # pragma: no cover - exercised only on torch-less installs
     torch = None
 
-DEVICE_ENV = "TINYSUB_DEVICE"
 
 # (rows of the block, the row to subtract from them in float64): theta0 for delta mode
 Refs = list[tuple[slice, np.ndarray]]

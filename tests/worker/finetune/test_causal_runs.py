@@ -165,7 +165,7 @@ def test_bases_of_other_tasks(recorded, tmp_path):
 
 
 def test_the_cli_fine_tunes_a_decoder(tmp_path, capsys):
-    from client.cli.main import run as cli
+    from tinysub.cli.main import run as cli
 
     csv_path = tmp_path / "qa.csv"
     rows = [f"what color is the {k} ?,{v}" for k, v in list(COLORS.items()) * 6]

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from client.cli.main import run as cli
 from storage.trajectory import TrajectoryStore
+from tinysub.cli.main import run as cli
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.data import load_task
 from worker.finetune.runner import RunSpec, restore, run

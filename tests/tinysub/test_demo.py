@@ -1,9 +1,9 @@
 import numpy as np
 import pytest
 
-from client.demo import DemoConfig, run_demo, toy_task
 from storage.errors import InvalidInput
 from storage.trajectory import TrajectoryStore
+from tinysub.demo import DemoConfig, run_demo, toy_task
 from worker.svd.gram import svd_basis
 
 

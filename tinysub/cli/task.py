@@ -9,10 +9,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli import remote
-from client.cli.common import console, print_json, show_progress
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
+from tinysub.cli import remote
+from tinysub.cli.common import console, print_json, show_progress
+from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 app = typer.Typer(help="Tasks and their trajectories on a registry.", no_args_is_help=True)
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]

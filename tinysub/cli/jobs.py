@@ -7,9 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli import remote
-from client.cli.common import console, job_progress, print_json, show_progress
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
+from tinysub.cli import remote
+from tinysub.cli.common import console, job_progress, print_json, show_progress
+from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 app = typer.Typer(help="Basis and recompute jobs on a registry.", no_args_is_help=True)
 

@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli.common import console, print_json
 from storage.basis import BasisStore
 from storage.errors import NotFound
 from storage.trajectory import TrajectoryStore
+from tinysub.cli.common import console, print_json
 
 
 def _mb(n: int) -> str:

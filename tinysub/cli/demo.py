@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli.common import console, phase_progress
+from tinysub.cli.common import console, phase_progress
 
 
 def demo_cmd(
@@ -24,7 +24,7 @@ def demo_cmd(
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
     import transformers
 
-    from client.demo import DemoConfig, run_demo
+    from tinysub.demo import DemoConfig, run_demo
 
     # The demo prints its own summary; model-loading reports (a fresh classifier head is
     # expected here) would only bury it.

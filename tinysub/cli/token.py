@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli.common import console, err_console, print_json
-from client.cli.db import DataDir, DbUrl, open_database
+from tinysub.cli.common import console, err_console, print_json
+from tinysub.cli.db import DataDir, DbUrl, open_database
 
 app = typer.Typer(
     help="Create, list and revoke API tokens (on the database).", no_args_is_help=True

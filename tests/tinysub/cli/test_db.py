@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from client.cli.main import run
 from services import migrations
 from tests.services.migration_cases import build_previous_release, contents
+from tinysub.cli.main import run
 
 
 def _current(data_dir, capsys) -> tuple[int, dict]:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from client.cli.common import console, err_console, print_json
+from tinysub.cli.common import console, err_console, print_json
 
 if TYPE_CHECKING:
     from services.db import Database

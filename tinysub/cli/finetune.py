@@ -15,8 +15,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli.common import console, phase_progress, print_json
 from storage.errors import InvalidInput
+from tinysub.cli.common import console, phase_progress, print_json
 
 
 def register(app: typer.Typer) -> None:

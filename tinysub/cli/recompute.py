@@ -7,10 +7,10 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from client.cli import remote
-from client.cli.common import console, job_progress, print_json, show_progress
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from client.jobs import start_recompute
+from tinysub.cli import remote
+from tinysub.cli.common import console, job_progress, print_json, show_progress
+from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 
 def recompute_cmd(

@@ -7,13 +7,13 @@ import json
 import pytest
 from fastapi.testclient import TestClient
 
-from client.cli import remote
-from client.cli.main import run
 from client.client import Client
 from services.app import create_app
 from services.db import Database
 from services.security import authenticate
 from tests.services.helpers import make_settings, small_layout, write_store
+from tinysub.cli import remote
+from tinysub.cli.main import run
 
 
 @pytest.fixture
@@ -139,7 +139,7 @@ def test_waiting_shows_the_jobs_phase_and_progress_on_a_terminal(
 
     from rich.console import Console
 
-    from client.cli import common
+    from tinysub.cli import common
 
     monkeypatch.setenv("TINYSUB_TOKEN", _token(registry, capsys, "write"))
     local = write_store(tmp_path / "local", "a", small_layout(), rows=5)

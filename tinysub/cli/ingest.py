@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from client.cli.common import console, phase_progress, print_json
 from storage.errors import InvalidInput, NotFound
 from storage.trajectory import DEFAULT_CHUNK_COLS
+from tinysub.cli.common import console, phase_progress, print_json
 
 SOURCES = ("auto", "checkpoints", "arrays")
 

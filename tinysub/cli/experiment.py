@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from client.cli.common import console, err_console, phase_progress
+from tinysub.cli.common import console, err_console, phase_progress
 
 app = typer.Typer(
     help="Reproduce the papers' findings end to end: trajectories, bases, subspace runs, report.",

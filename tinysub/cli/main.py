@@ -7,7 +7,8 @@ import sys
 import click
 import typer
 
-from client.cli import (
+from storage.errors import TinysubError
+from tinysub.cli import (
     basis,
     db,
     demo,
@@ -21,8 +22,7 @@ from client.cli import (
     task,
     token,
 )
-from client.cli.common import err_console
-from storage.errors import TinysubError
+from tinysub.cli.common import err_console
 
 app = typer.Typer(
     name="tinysub",

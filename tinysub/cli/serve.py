@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from client.cli.common import err_console
+from tinysub.cli.common import err_console
 
 
 def serve_cmd(

@@ -1,4 +1,4 @@
-"""`tinysub ingest` through the real command line entry point (`client.cli.main.run`)."""
+"""`tinysub ingest` through the real command line entry point (`tinysub.cli.main.run`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 
-from client.cli.main import run
 from storage.checkpoints import folder_layout
 from storage.trajectory import TrajectoryStore
 from tests.storage.checkpoint_runs import make_run
 from tests.storage.conformance import TrajectoryStoreSuite
+from tinysub.cli.main import run
 
 pytest.importorskip("torch")
 pytest.importorskip("transformers")

@@ -6,9 +6,9 @@ from typing import Annotated
 
 import typer
 
-from client.cli.common import console, job_progress, phase_progress, print_json, show_progress
-from client.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 from storage.errors import InvalidInput
+from tinysub.cli.common import console, job_progress, phase_progress, print_json, show_progress
+from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
 
 app = typer.Typer(
     help="Compute bases from stores, or order, list and pull them from a registry.",
@@ -120,7 +120,7 @@ def compute(
     if json_out:
         print_json(result)
         return
-    from client.cli.inspect import print_basis
+    from tinysub.cli.inspect import print_basis
 
     for b in report.bases:
         print_basis(b)
@@ -155,7 +155,7 @@ def order(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Order a basis from the registry; prints the job (with --wait, its progress first)."""
-    from client.cli import remote
+    from tinysub.cli import remote
 
     with remote.open_client(url, token) as c:
         job = c.compute_basis(
@@ -189,7 +189,7 @@ def list_bases(
     """Every version of a task's bases, with status and aliases."""
     from rich.table import Table
 
-    from client.cli import remote
+    from tinysub.cli import remote
 
     with remote.open_client(url, token) as c:
         items = c.list_bases(task_id, kind)
@@ -225,7 +225,7 @@ def pull(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download a basis into the verified local cache (nothing moves if it is up to date)."""
-    from client.cli import remote
+    from tinysub.cli import remote
 
     with remote.open_client(url, token, cache_dir=cache_dir) as c:
         pulled = c.pull_basis(
@@ -262,7 +262,7 @@ def alias_cmd(
     token: TokenOption = None,
 ) -> None:
     """Point an alias at a ready version, or delete it."""
-    from client.cli import remote
+    from tinysub.cli import remote
 
     with remote.open_client(url, token) as c:
         if delete:
