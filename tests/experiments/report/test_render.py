@@ -1,4 +1,4 @@
-"""The report generator on hand-written experiment folders: numbers, verdicts, figures, gaps."""
+"""The whole report on hand-written experiment folders: numbers, verdicts, figures, gaps."""
 
 from __future__ import annotations
 
@@ -8,25 +8,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments import paper_numbers as paper
 from experiments.config import PaperConfig
-from experiments.report import (
-    FAILS,
-    HOLDS,
-    NOT_RUN,
-    PARTLY,
-    Stat,
-    build_report,
-    fmt,
-    headline,
-    table1_averages,
-    verdict,
-)
+from experiments.report import build_report, headline
+from experiments.report.stats import FAILS, HOLDS, NOT_RUN
+from experiments.report.table1 import table1_averages
 from storage.errors import NotFound
 
 TASKS = ("rotten_tomatoes", "trec6")
 SEEDS = (0, 1, 2)
 PNG = b"\x89PNG\r\n\x1a\n"
+
+
 # Full fine-tuning per task and seed: rotten_tomatoes 82.0 ± 2.0, trec6 90.0 ± 0.0.
 FULL = {"rotten_tomatoes": (0.80, 0.82, 0.84), "trec6": (0.90, 0.90, 0.90)}
 LAYERS = 6
@@ -228,36 +220,6 @@ def verdict_of(text: str, key: str) -> str:
     return line.split("): ", 1)[1].split(".**", 1)[0]
 
 
-# ---------------------------------------------------------------------------- helpers
-def test_verdict_thresholds():
-    assert verdict(None, 2, 5, lower_is_better=True) == NOT_RUN
-    assert verdict(2.0, 2, 5, lower_is_better=True) == HOLDS
-    assert verdict(4.9, 2, 5, lower_is_better=True) == PARTLY
-    assert verdict(5.1, 2, 5, lower_is_better=True) == FAILS
-    assert verdict(0.75, 0.75, 0.5) == HOLDS
-    assert verdict(0.5, 0.75, 0.5) == PARTLY
-    assert verdict(0.49, 0.75, 0.5) == FAILS
-    assert verdict(4.0, 5) == FAILS  # no partly bar
-
-
-def test_fmt_mean_std_and_n():
-    assert fmt(Stat((0.80, 0.82, 0.84)), 3) == "82.0 ± 2.0"  # sample std (ddof=1)
-    assert fmt(Stat((0.5,)), 1) == "50.0"
-    assert fmt(Stat((0.80, 0.84)), 3) == "82.0 ± 2.8 (n=2)"
-    assert fmt(None, 3) == "–"
-
-
-def test_paper_numbers_map_our_tasks_to_glue():
-    assert paper.paper_value(paper.TABLE1["BERT"]["full"], "rotten_tomatoes") == (91.95, "SST-2")
-    assert paper.paper_value(paper.TABLE1["BERT"]["intrinsic"], "trec6") == (81.21, "Avg.")
-    value, label = paper.paper_value(paper.TABLE3["BERT"]["outlier"], "trec6")
-    assert label.startswith("mean") and value == pytest.approx(
-        sum(paper.TABLE3["BERT"]["outlier"].values()) / 8
-    )
-    assert paper.TABLE6_ROBERTA["QQP"][32] == 90.18
-
-
-# ---------------------------------------------------------------------------- reports
 def test_holds_case_tables_verdicts_and_figures(tmp_path):
     runs = scenario(good=True)
     out = write_dir(tmp_path / "good", runs, good=True)
