@@ -72,11 +72,14 @@ def compute(
     """Compute bases: the exact Gram route, or randomized SVD for long trajectories."""
     from worker.executors import make_executor
     from worker.svd.bases import KINDS, multitask_bases, task_basis
+    from worker.svd.method import RandomizedMethod, method_from_name
 
     if kind not in KINDS:
         raise InvalidInput(f"kind {kind!r} is not one of {list(KINDS)}")
-    if method not in ("gram", "randomized"):
-        raise InvalidInput(f"method {method!r} is not one of ['gram', 'randomized']")
+    # The flags name the method; the engine takes it typed, with its own parameters.
+    chosen = method_from_name(method)
+    if isinstance(chosen, RandomizedMethod):
+        chosen = RandomizedMethod(oversample=oversample, power_iters=power_iters, seed=seed)
     stores = _parse_stores(store)
     with make_executor(executor, address, workers) as ex, phase_progress(not quiet) as cb:
         common = dict(
@@ -86,11 +89,8 @@ def compute(
             device=device,
             progress=cb,
             overwrite=overwrite,
+            method=chosen,
         )
-        if method == "randomized":
-            common.update(
-                method="randomized", oversample=oversample, power_iters=power_iters, seed=seed
-            )
         if kind in ("task", "global"):
             if len(stores) != 1:
                 raise InvalidInput(f"a {kind} basis takes one --store, got {len(stores)}")

@@ -7,8 +7,10 @@ Thin wrappers over `compute_bases` that choose rows and members:
 - global: one basis for the whole encoder, from the sum of the layer Grams.
 
 Every keyword not named here goes to `compute_bases`: executor, block_cols, device, progress,
-overwrite, rcond, and the method: "gram" (exact, two passes) or "randomized" (Halko, Martinsson
-and Tropp 2011; oversample, power_iters, seed) for long trajectories with k << rows.
+overwrite, rcond. The method is `GramMethod()` (exact, two passes; the default) or
+`RandomizedMethod(oversample, power_iters, seed)` (Halko, Martinsson and Tropp 2011) for long
+trajectories with k << rows; a bare name ("gram", "randomized") means that method with its
+default parameters.
 """
 
 from __future__ import annotations
@@ -19,12 +21,18 @@ from collections.abc import Mapping, Sequence
 from storage.errors import InvalidInput
 from storage.trajectory import TrajectoryStore
 from worker.svd.engine import BasisRequest, ComputeReport, compute_bases, make_sources
+from worker.svd.method import GramMethod, Method, method_from_name
 
 KINDS = ("task", "unified", "zeroshot", "global")
 
 
 def _join(out: str, name: str) -> str:
     return os.path.join(out, name) if "://" not in out else f"{out.rstrip('/')}/{name}"
+
+
+def _method(method: Method | str) -> Method:
+    """Callers that name the method (scripts, `method="randomized"`) get its defaults."""
+    return method_from_name(method) if isinstance(method, str) else method
 
 
 def _out(storage_options: dict | None, out_storage_options: dict | None) -> dict | None:
@@ -41,6 +49,7 @@ def task_basis(
     scope: str = "layer",
     storage_options: dict | None = None,
     out_storage_options: dict | None = None,
+    method: Method | str = GramMethod(),
     **kw,
 ) -> ComputeReport:
     """The basis of one task's own trajectory (scope='global' for the whole-encoder one).
@@ -54,7 +63,7 @@ def task_basis(
     kind = "global" if scope == "global" else "task"
     out_opts = _out(storage_options, out_storage_options)
     request = BasisRequest(out_url, k, kind=kind, storage_options=out_opts)
-    return compute_bases(sources, [request], mode=mode, scope=scope, **kw)
+    return compute_bases(sources, [request], mode=mode, scope=scope, method=_method(method), **kw)
 
 
 def multitask_bases(
@@ -68,6 +77,7 @@ def multitask_bases(
     zeroshot: bool | Sequence[str] = True,
     storage_options: dict | None = None,
     out_storage_options: dict | None = None,
+    method: Method | str = GramMethod(),
     **kw,
 ) -> ComputeReport:
     """Unified basis over all tasks and a zero-shot basis per task, from one Gram.
@@ -77,6 +87,7 @@ def multitask_bases(
     `task_basis`.
     """
     out_opts = _out(storage_options, out_storage_options)
+    method = _method(method)
     if len(stores) < 2:
         raise InvalidInput("multi-task bases need at least two tasks")
     labels = list(stores)
@@ -107,4 +118,4 @@ def multitask_bases(
                 out_opts,
             )
         )
-    return compute_bases(sources, requests, mode=mode, **kw)
+    return compute_bases(sources, requests, mode=mode, method=method, **kw)

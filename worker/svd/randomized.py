@@ -243,7 +243,7 @@ def randomized_basis(
 
     Same modes and ref_row as `gram.svd_basis`. `group` is mixed into Omega's seed (the store
     route uses the layer group's name): with the same group, seed and chunking this gives the
-    same bytes as `compute_bases(..., method="randomized")`. Memory: O(t * chunk + t * l).
+    same bytes as `compute_bases(..., method=RandomizedMethod())`. Memory: O(t * chunk + t * l).
     """
     params = SketchParams(oversample, power_iters, seed)
     blocks = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)

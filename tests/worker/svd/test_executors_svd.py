@@ -10,6 +10,7 @@ from tests.worker.svd.spectra import delta_trajectory, one_group_store
 from worker.executors import LocalExecutor
 from worker.svd.bases import task_basis
 from worker.svd.gram import svd_basis
+from worker.svd.method import GramMethod, RandomizedMethod
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,7 @@ def test_dask_cluster_gives_the_local_bytes_for_both_methods(tmp_path):
                     k,
                     mode=mode,
                     selection=list(range(40)) if mode == "raw" else None,
-                    method=method,
-                    power_iters=1,
+                    method=GramMethod() if method == "gram" else RandomizedMethod(power_iters=1),
                     executor=ex,
                     block_cols=128,
                 )

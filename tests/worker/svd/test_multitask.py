@@ -15,6 +15,7 @@ from storage.trajectory import TrajectoryStore
 from tests.worker.svd.spectra import orth_error, reference_svd, vector_angles
 from worker.svd.bases import multitask_bases, task_basis
 from worker.svd.engine import BasisRequest, compute_bases, make_sources
+from worker.svd.method import RandomizedMethod
 
 TASKS = ("sst2", "mrpc", "qnli")
 SIZES = {"layer.0": 300, "layer.1": 170}  # neither a multiple of the 64-column chunks
@@ -89,7 +90,7 @@ def test_randomized_multitask_bases_match_the_exact_ones(stores, tmp_path):
     kw = dict(mode="centered", selection=f"last:{LAST}")
     exact = multitask_bases(stores, str(tmp_path / "exact"), 4, **kw)
     rand = multitask_bases(
-        stores, str(tmp_path / "rand"), 4, method="randomized", power_iters=1, **kw
+        stores, str(tmp_path / "rand"), 4, method=RandomizedMethod(power_iters=1), **kw
     )
     for e, r in zip(exact.bases, rand.bases, strict=True):
         assert r.manifest["method"] == "randomized" and r.manifest["kind"] == e.manifest["kind"]
@@ -176,8 +177,7 @@ def test_randomized_multitask_bases_share_their_passes(stores, tmp_path, monkeyp
         3,
         selection=f"last:{LAST}",
         block_cols=128,
-        method="randomized",
-        power_iters=1,
+        method=RandomizedMethod(power_iters=1),
     )
     assert set(calls) == all_blocks(stores.values())
     assert set(calls.values()) == {4}  # sketch, one power step, Rayleigh-Ritz, projection

@@ -19,6 +19,7 @@ from tests.worker.svd.spectra import (
 from worker.executors import LocalExecutor
 from worker.svd.bases import task_basis
 from worker.svd.gram import svd_basis
+from worker.svd.method import RandomizedMethod, method_from_name
 from worker.svd.randomized import SketchParams, randomized_basis
 from worker.svd.sketch import (
     OMEGA_UNIT,
@@ -122,10 +123,7 @@ def test_store_route_gives_the_in_memory_bytes_and_records_the_method(tmp_path):
             mode=mode,
             selection=select,
             block_cols=128,
-            method="randomized",
-            oversample=5,
-            power_iters=1,
-            seed=11,
+            method=RandomizedMethod(oversample=5, power_iters=1, seed=11),
         )
         stored = BasisStore.open(report.bases[0].url)
         mem = randomized_basis(
@@ -154,9 +152,15 @@ def test_bad_parameters_are_refused_before_anything_is_written(tmp_path):
         randomized_basis(w, 20, mode="delta")
     store = one_group_store(tmp_path / "traj", w, 64)
     out = tmp_path / "basis"
-    for kw in ({"method": "lanczos"}, {"method": "randomized", "seed": -2}):
-        with pytest.raises(InvalidInput):
-            task_basis(store.url, str(out), 4, **kw)
+    with pytest.raises(InvalidInput, match="seed must be a non-negative integer"):
+        RandomizedMethod(seed=-2)  # refused when the method is chosen, before any work
+    with pytest.raises(InvalidInput, match="seed must be a non-negative integer"):
+        method_from_name("randomized", seed=-2)
+    with pytest.raises(InvalidInput, match="does not take the parameters"):
+        method_from_name("gram", seed=2)
+    for method in ("lanczos", object()):
+        with pytest.raises(InvalidInput, match="method"):
+            task_basis(store.url, str(out), 4, method=method)
     assert not out.exists()
 
 
