@@ -65,7 +65,8 @@ def to_record(job: Job, run: dict[str, Any]) -> dict[str, Any]:
         "task": run["task"],
         "method": run["method"],
         "seed": run["seed"],
-        "dim": run["dim"],
+        # The ledger keeps the paper's name d ("dim"): its ids and committed results use it.
+        "dim": run["rank"] if "rank" in run else run["dim"],
         "metric": run["metric"],
         "score": run["score"],
         "metrics": run["metrics"],

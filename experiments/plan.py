@@ -141,7 +141,7 @@ class Planner:
             theta_lr = self.setting(name)
         theta_lr = theta_lr or 0.01  # unused by full and freeze
         subspace = SubspaceConfig(
-            dim=dim,
+            rank=dim,  # the paper's d is the subspace's rank
             said=said,
             scope=scope,
             basis_seed=seed,

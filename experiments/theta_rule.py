@@ -36,7 +36,7 @@ def _spec(args: argparse.Namespace, method: str, rule: str, lr: float, dim: int 
         method=method,
         model=args.model,
         out=str(out),
-        subspace=SubspaceConfig(dim=dim, theta_lr=lr, theta_scale=rule, basis_seed=seed),
+        subspace=SubspaceConfig(rank=dim, theta_lr=lr, theta_scale=rule, basis_seed=seed),
         train=TrainConfig(
             lr=args.lr,
             head_lr=args.head_lr,

@@ -1,18 +1,22 @@
-"""The random baseline: a seeded random orthonormal basis with the shapes of a real one.
+"""The registry's random baseline: a seeded random orthonormal basis with a layout's shapes.
 
-For each layer, A (D x k) has i.i.d. N(0, 1) entries generated block by block: the rows of block
-c come from `SeedSequence([seed, crc32(layer), c])`, so any block can be regenerated without the
-others and the basis depends only on (seed, layer name, D, k). Q is the orthonormal factor of
-A = Q R with R's diagonal positive, computed by CholeskyQR2 (Yamamoto et al. 2015): two rounds
-of G = sum_c A_c^T A_c (k x k, float64), R = chol(G), so Q is orthonormal to float64 rounding even
-when D is close to k. Memory: O(block * k + k^2); the bytes go through `BasisWriter`, which
+The bases come from worker.svd.random_basis, the project's one generator, so a random basis the
+registry serves has the bytes of the fine-tuning worker's `--method random` basis for the same
+seed, layout and rank (the same sha256 per layer). A layer is identified by its index in the
+layout order (the order of `shapes`, `Layout.groups` in a job); its Gaussian comes from
+`SeedSequence([seed, index])` and is orthonormalized by Cholesky QR in float64 (the kernels'
+docstring has the details). The layers are generated and written block by block (`block_rows`
+rows: about 2 Mi values), memory O(block * k + k^2); the bytes go through `BasisWriter`, which
 checksums every layer. A Gaussian matrix's Q is Haar-distributed on the Stiefel manifold, the
 random subspace of Aghajanyan et al. (2021).
+
+Before the shared generator, registry random bases were drawn with numpy from
+`SeedSequence([seed, crc32(layer name), block])` and orthonormalized by CholeskyQR2: versions
+computed then hold other bytes than the same order gives now (manifest without `generator`).
 """
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -20,63 +24,7 @@ import numpy as np
 from storage.basis import BasisStore, BasisWriter
 from storage.errors import InvalidInput, storage_error
 from storage.objects import Location, zarr_store
-
-
-def block_rows(k: int) -> int:
-    """Rows per generated block: about 2 Mi values, a power of two in [64, 65536].
-    Fixed by k alone, so the same (seed, layer, D, k) always gives the same blocks."""
-    rows = 1 << max(6, min(16, ((1 << 21) // max(1, k)).bit_length() - 1))
-    return rows
-
-
-def _gaussian(seed: int, layer: str, c: int, rows: int, k: int) -> np.ndarray:
-    ss = np.random.SeedSequence([seed, zlib.crc32(layer.encode()), c])
-    return np.random.default_rng(ss).standard_normal((rows, k))  # (rows, k) float64
-
-
-def _blocks(d: int, step: int) -> list[tuple[int, int]]:
-    return [(a, min(a + step, d)) for a in range(0, d, step)]
-
-
-def steps(d: int, k: int) -> int:
-    """How many times `random_orthonormal` calls `tick`: 3 passes over the blocks."""
-    return 3 * len(_blocks(d, block_rows(k)))
-
-
-def random_orthonormal(
-    d: int,
-    k: int,
-    seed: int,
-    layer: str,
-    write: Callable[[int, int, np.ndarray], None],
-    tick: Callable[[], None] | None = None,
-) -> None:
-    """Stream Q (d, k) float32 to write(start, stop, block) in row order. `tick()` runs after
-    each block of each pass (about 2 Mi values): where a job checks cancel, stop and lease."""
-    if not 1 <= k <= d:
-        raise InvalidInput(f"a random basis of rank {k} needs 1 <= k <= D = {d}")
-    step = block_rows(k)
-    blocks = _blocks(d, step)
-    tick = tick or (lambda: None)
-
-    def gram(r_inv: np.ndarray | None) -> np.ndarray:
-        g = np.zeros((k, k))
-        for c, (a, b) in enumerate(blocks):
-            x = _gaussian(seed, layer, c, b - a, k)
-            if r_inv is not None:
-                x = x @ r_inv
-            g += x.T @ x
-            tick()
-        return g
-
-    # R1 from A, R2 from Q1 = A R1^-1; then Q = A (R2 R1)^-1 with R2 R1 upper triangular.
-    r1 = np.linalg.cholesky(gram(None)).T  # (k, k) upper
-    r1_inv = np.linalg.inv(r1)
-    r2 = np.linalg.cholesky(gram(r1_inv)).T
-    r_inv = r1_inv @ np.linalg.inv(r2)
-    for c, (a, b) in enumerate(blocks):
-        write(a, b, (_gaussian(seed, layer, c, b - a, k) @ r_inv).astype(np.float32))
-        tick()
+from worker.svd.random_basis import GENERATOR, block_rows, random_orthonormal, steps
 
 
 def random_basis(
@@ -96,10 +44,11 @@ def random_basis(
     for name, d in shapes.items():
         if not 1 <= k <= d:
             raise InvalidInput(f"rank {k} exceeds layer {name!r} of size {d}; use k <= {d}")
+    step = block_rows(k)
     writer = BasisWriter.create(
         out_url,
         {name: (d, k) for name, d in shapes.items()},
-        chunk_rows=block_rows(k),
+        chunk_rows=step,
         storage_options=storage_options,
         overwrite=overwrite,
     )
@@ -108,11 +57,18 @@ def random_basis(
         name: {"singular_values": [1.0] * k, "energy": [], "total_energy": 0.0}
         for name in shapes
     }
-    full_meta = {"kind": "random", "seed": seed, "requested_rank": k, **(meta or {})}
+    full_meta = {
+        "kind": "random",
+        "seed": seed,
+        "requested_rank": k,
+        "generator": GENERATOR,
+        **(meta or {}),
+    }
     try:
         loc = Location.from_url(writer.url, storage_options)
         root = zarr.open_group(zarr_store(loc), mode="r+")
-        total = sum(steps(d, k) for d in shapes.values())
+        arrays = {name: root[name] for name in shapes}
+        total = steps(shapes, k, step)
         done = 0
 
         def tick() -> None:
@@ -121,13 +77,10 @@ def random_basis(
             if progress:
                 progress("random", done, total)
 
-        for name, d in shapes.items():
-            arr = root[name]
+        def write(name: str, a: int, b: int, block: np.ndarray) -> None:
+            arrays[name][a:b, :] = block
 
-            def write(a: int, b: int, block: np.ndarray, arr=arr) -> None:
-                arr[a:b, :] = block
-
-            random_orthonormal(d, k, seed, name, write, tick)
+        random_orthonormal(shapes, k, seed, write=write, tick=tick, rows_per_block=step)
         return writer.commit(layers, full_meta)
     except OSError as exc:
         writer.discard()

@@ -277,7 +277,7 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
     rank = min(cfg.finetune_rank, store.num_rows - 1)
     client.compute_basis(registry_task, "task", rank=rank, mode="delta").wait(timeout=1800)
     tick("basis")
-    sub = SubspaceConfig(dim=rank)
+    sub = SubspaceConfig(rank=rank)
     for method in ("intrinsic", "random"):
         runs[method] = run(
             RunSpec(method=method, out=str(work / method), subspace=sub, **remote, **common)
@@ -292,7 +292,7 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
             m: {
                 "metric": r["metric"],
                 "score": r["score"],
-                "dim": r["dim"],
+                "rank": r["rank"],
                 "seconds": r["seconds"],
                 "trainable": r["train"].get("trainable"),
                 "posted": (r.get("registry_run") or {}).get("posted"),

@@ -44,7 +44,7 @@ def test_table1_counts(tmp_path):
     # full, freeze, random, intrinsic per seed: the trajectory is a run of its own (issue 11)
     assert len(jobs) == 4 * len(cfg.seeds) * len(cfg.tasks)
     assert all(j.spec.save_model for j in jobs if j.spec.method == "full")
-    assert {j.spec.subspace.dim for j in jobs if j.spec.method in ("random", "intrinsic")} == {32}
+    assert {j.spec.subspace.rank for j in jobs if j.spec.method in ("random", "intrinsic")} == {32}
 
 
 def test_transfer_never_uses_the_own_basis(tmp_path):
@@ -62,8 +62,8 @@ def test_global_and_layerwise_have_equal_free_parameters(tmp_path):
     jobs = planner(tmp_path).scope(layers=6)
     glob = [j for j in jobs if j.spec.method == "global"]
     layer = [j for j in jobs if j.spec.method == "intrinsic"]
-    assert {j.spec.subspace.dim for j in glob} == {cfg.equal_layer_dim * 6}
-    assert {j.spec.subspace.dim for j in layer} == {cfg.equal_layer_dim}
+    assert {j.spec.subspace.rank for j in glob} == {cfg.equal_layer_dim * 6}
+    assert {j.spec.subspace.rank for j in layer} == {cfg.equal_layer_dim}
     assert all(j.spec.subspace.scope == "global" for j in glob)
 
 
@@ -115,7 +115,7 @@ def test_the_paper_theta_lr_runs_are_their_own_runs(tmp_path):
     by_method = {
         j.spec.method: (j.spec.subspace.theta_scale, j.spec.subspace.theta_lr)
         for j in p.table1()
-        if j.spec.subspace.dim
+        if j.spec.subspace.rank
     }
     assert by_method == {"intrinsic": ("extent", 0.2), "random": ("none", 0.05)}
     # and every run's head trains at its own lr

@@ -24,7 +24,7 @@ def fake_execute(monkeypatch):
         for product in job.products:  # the files a real run leaves for later phases
             Path(product).parent.mkdir(parents=True, exist_ok=True)
             Path(product).touch()
-        dim = job.spec.subspace.dim or 0
+        dim = job.spec.subspace.rank or 0
         return {
             "id": job.id,
             "phase": job.phase,

@@ -15,6 +15,7 @@ from sqlalchemy import func, select
 from services import random_basis as rb
 from services.models import Basis, Job
 from tests.services.helpers import add_task, api_client, make_app, run_jobs
+from worker.svd.random_basis import random_orthonormal
 
 
 @pytest.fixture
@@ -57,17 +58,17 @@ def test_a_job_past_its_timeout_is_failed_and_leaves_nothing(limited, tmp_path, 
 
 
 def test_a_random_layer_reports_progress_per_block(monkeypatch, tmp_path):
-    monkeypatch.setattr(rb, "block_rows", lambda k: 100)
+    monkeypatch.setattr(rb, "block_rows", lambda k: 256)
     calls = []
     rb.random_basis(
-        str(tmp_path / "b"), {"one.big.layer": 1000}, 4, 0, progress=lambda *c: calls.append(c)
+        str(tmp_path / "b"), {"one.big.layer": 2560}, 4, 0, progress=lambda *c: calls.append(c)
     )
-    # 10 blocks, 3 passes: 30 steps inside one layer (before: a single call once it was done)
-    assert calls == [("random", i, 30) for i in range(1, 31)]
+    # 10 blocks, 2 passes: 20 steps inside one layer (before: a single call once it was done)
+    assert calls == [("random", i, 20) for i in range(1, 21)]
 
 
 def test_a_random_basis_stops_inside_a_layer_and_leaves_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(rb, "block_rows", lambda k: 100)
+    monkeypatch.setattr(rb, "block_rows", lambda k: 256)
 
     class Cancelled(Exception):
         pass
@@ -80,20 +81,19 @@ def test_a_random_basis_stops_inside_a_layer_and_leaves_nothing(monkeypatch, tmp
             raise Cancelled
 
     with pytest.raises(Cancelled):
-        rb.random_basis(str(tmp_path / "b"), {"one.big.layer": 1000}, 4, 0, progress=progress)
+        rb.random_basis(str(tmp_path / "b"), {"one.big.layer": 2560}, 4, 0, progress=progress)
     assert seen == [1, 2, 3, 4, 5]
     assert not (tmp_path / "b").exists()
 
 
-def test_ticks_do_not_change_the_basis(monkeypatch):
-    monkeypatch.setattr(rb, "block_rows", lambda k: 64)
+def test_ticks_do_not_change_the_basis():
     out = {}
     for tick in (None, lambda: None):
         q = np.empty((300, 5), dtype=np.float32)
 
-        def write(a, b, block, q=q):
+        def write(name, a, b, block, q=q):
             q[a:b] = block
 
-        rb.random_orthonormal(300, 5, 7, "layer.0", write, tick)
+        random_orthonormal({"layer.0": 300}, 5, 7, write=write, tick=tick, rows_per_block=256)
         out[tick is None] = q
     assert np.array_equal(out[True], out[False])

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 
 from storage.errors import InvalidInput
-from tinysub.cli.common import console, phase_progress, print_json
+from tinysub.cli.common import console, err_console, phase_progress, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -127,8 +127,14 @@ def finetune_cmd(
     ] = "dev",
     weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 0.0,
     warmup_ratio: Annotated[float, typer.Option(help="Linear warmup share.")] = 0.0,
+    rank: Annotated[
+        int | None,
+        typer.Option(
+            "--rank", "-k", help="Subspace rank k (random/fastfood; truncates stored bases)."
+        ),
+    ] = None,
     dim: Annotated[
-        int | None, typer.Option(help="Subspace dimension k (random/fastfood; truncates bases).")
+        int | None, typer.Option("--dim", hidden=True, help="Old name of --rank.")
     ] = None,
     ensemble: Annotated[int, typer.Option(help="h, theta vectors averaged per layer.")] = 16,
     init: Annotated[str, typer.Option(help="random (the paper) | zeros.")] = "random",
@@ -167,6 +173,7 @@ def finetune_cmd(
 
     if registry and basis:
         raise InvalidInput("give --basis (local) or --registry, not both")
+    rank = _rank_or_old_dim(rank, dim)
     spec = RunSpec(
         task=task,
         method=method,
@@ -181,7 +188,7 @@ def finetune_cmd(
             train_parts=_parts(train_parts),
             basis_dtype=basis_dtype,
             scope=scope,
-            dim=dim,
+            rank=rank,
             said=said,
             basis_seed=basis_seed,
             fastfood_block=fastfood_block,
@@ -229,7 +236,7 @@ def finetune_cmd(
         print_json(record)
         return
     tr = record["train"]
-    dim_text = f", dim {record['dim']}" if record["dim"] else ""
+    dim_text = f", rank {record['rank']}" if record.get("rank") else ""
     console.print(
         f"{record['task']} / {record['method']}{dim_text}: {record['metric']} "
         f"[bold]{record['score']:.4f}[/bold] on {record['data']['dev_size']} dev examples "
@@ -264,7 +271,7 @@ def outliers_cmd(
     for path in runs:
         rec = read_run(path)
         arrays = outliers.load_arrays(path)
-        label = f"{rec['method']} ({rec['task']}, dim {rec['dim']}, seed {rec['seed']})"
+        label = f"{rec['method']} ({rec['task']}, rank {rec['rank']}, seed {rec['seed']})"
         if label in panels:
             label = f"{label} [{path}]"
         panels[label] = {layer: a["profile"] for layer, a in arrays.items()}
@@ -295,3 +302,13 @@ def outliers_cmd(
             )
         console.print(pos)
     console.print(f"figure written to {out}")
+
+
+def _rank_or_old_dim(rank: int | None, dim: int | None) -> int | None:
+    """`--dim` is the old name of `--rank` (one release): it still works, with a note."""
+    if dim is None:
+        return rank
+    if rank is not None and rank != dim:
+        raise InvalidInput(f"--rank {rank} and its old name --dim {dim} disagree; give --rank")
+    err_console.print("note: --dim is now --rank; --dim will be removed in the next release")
+    return dim

@@ -8,6 +8,7 @@ else frozen) with one change: theta is measured in the trajectory's own units
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -73,9 +74,12 @@ class SubspaceConfig:
     scope:
         ``layer``: one theta per encoder layer (the paper). ``global``: one theta shared by all
         layers, V_l being the layer's slice of a whole-encoder basis.
-    dim:
-        Subspace dimension k. For a stored basis, keep its first ``dim`` columns (they are sorted
-        by singular value); None keeps them all. Required for generated bases (random, fastfood).
+    rank:
+        The subspace's dimension k (the paper's intrinsic dimension d): for a stored basis, keep
+        its first ``rank`` columns (they are sorted by singular value); None keeps them all.
+        Required for generated bases (random, fastfood). Its old name ``dim`` still loads from
+        saved runs (``from_dict``) and reads (``.dim``, with a DeprecationWarning) for one
+        release.
     said:
         Aghajanyan et al.'s structure-aware variant (SAID): a learned scale lambda_l per layer
         (initialized to 1) multiplying that layer's projection. Made for fastfood with a global
@@ -87,7 +91,7 @@ class SubspaceConfig:
     fastfood_block:
         Largest Fastfood block (a power of two); None = one block of the next power of two >= D.
     allow_short:
-        When ``dim`` exceeds the rank of every layer (the kernel's rcond cut directions it could
+        When ``rank`` exceeds the rank of every layer (the kernel's rcond cut directions it could
         not compute accurately), keep each layer's columns and record them as short layers
         instead of refusing.
     rule:
@@ -103,11 +107,11 @@ class SubspaceConfig:
     train_parts: tuple[str, ...] = ("embeddings", "head")
     basis_dtype: str = "float32"
     scope: str = "layer"
-    dim: int | None = None
+    rank: int | None = None
     said: bool = False
     basis_seed: int = 0
     block_rows: int = 1 << 16
-    # A dim beyond every layer's rank: refused (False), or each layer keeps all the columns it
+    # A rank beyond every layer's rank: refused (False), or each layer keeps all the columns it
     # has and the run records them (True; the paper experiment, whose dims are fixed before the
     # trajectory's accurate rank is known).
     allow_short: bool = False
@@ -139,8 +143,8 @@ class SubspaceConfig:
             )
         if self.scope not in SCOPES:
             raise InvalidInput(f"scope {self.scope!r} is not one of {list(SCOPES)}")
-        if self.dim is not None and (not isinstance(self.dim, int) or self.dim < 1):
-            raise InvalidInput(f"subspace dimension must be a positive integer, got {self.dim}")
+        if self.rank is not None and (not isinstance(self.rank, int) or self.rank < 1):
+            raise InvalidInput(f"subspace rank must be a positive integer, got {self.rank}")
         if self.block_rows < 1:
             raise InvalidInput(f"block_rows must be positive, got {self.block_rows}")
         fb = self.fastfood_block
@@ -154,11 +158,22 @@ class SubspaceConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SubspaceConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
+        d = dict(data)
+        if "dim" in d and "rank" not in d:  # saved before `dim` was renamed `rank`
+            d["rank"] = d.pop("dim")
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
         if unknown:
             raise InvalidInput(f"unknown subspace settings {unknown}")
-        d = dict(data)
         if "train_parts" in d:
             d["train_parts"] = tuple(d["train_parts"])
         return cls(**d)
+
+
+def _old_dim(self: SubspaceConfig) -> int | None:
+    warnings.warn("SubspaceConfig.dim is now .rank", DeprecationWarning, stacklevel=2)
+    return self.rank
+
+
+# Reading `.dim` keeps working for one release. A property, not a field: dataclasses.replace
+# copies fields only, so it never sees the old name.
+SubspaceConfig.dim = property(_old_dim)  # type: ignore[attr-defined]

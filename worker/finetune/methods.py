@@ -73,7 +73,7 @@ def prepare(
     """The trainable model for `method`: `base` itself (full, freeze) or a `SubspaceModel`.
 
     source: where V comes from (stored-basis methods; for random it only fixes k when
-    config.dim is unset). task: the task being trained, checked against the basis' task for
+    config.rank is unset). task: the task being trained, checked against the basis' task for
     intrinsic (same), transfer (different) and zeroshot (held out).
     """
     if method not in METHODS:
@@ -95,12 +95,12 @@ def prepare(
         source.check_layout(layout)
         projections, reference = _dense(source, layout, config)
     elif method == "random":
-        k = config.dim or (source.shape(layout.group_names[0])[1] if source else None)
+        k = config.rank or (source.shape(layout.group_names[0])[1] if source else None)
         if k is None:
-            raise InvalidInput("method 'random' needs a dimension (dim) or a basis to match")
+            raise InvalidInput("method 'random' needs a rank (--rank) or a basis to match")
         rand = RandomBasisSource(layout, k, seed=config.basis_seed, scope=config.scope)
         # A generated basis has no spectrum to scale by: the paper's plain V theta.
-        plain = dataclasses.replace(config, dim=None, theta_scale="none")
+        plain = dataclasses.replace(config, rank=None, theta_scale="none")
         projections, reference = _dense(rand, layout, plain)
     else:
         projections, reference = _fastfood(layout, config, source)
@@ -142,31 +142,31 @@ def _check_source(method: str, source: BasisSource, task: str | None) -> None:
 def _dense(source: BasisSource, layout: Layout, config: SubspaceConfig):
     projections, reference = {}, source.reference()
     ranks = {g: source.shape(g)[1] for g in layout.group_names}
-    if config.dim is not None and config.dim > max(ranks.values()) and not config.allow_short:
+    if config.rank is not None and config.rank > max(ranks.values()) and not config.allow_short:
         raise InvalidInput(
-            f"dimension {config.dim} was asked for but the basis has rank {max(ranks.values())}"
+            f"rank {config.rank} was asked for but the basis has rank {max(ranks.values())}"
         )
     # A layer whose trajectory spans fewer directions than the others (the kernel's rcond
     # cutoff dropped a vanishing singular value) keeps all it has: that is its whole subspace.
-    short = {g: r for g, r in ranks.items() if config.dim is not None and r < config.dim}
+    short = {g: r for g, r in ranks.items() if config.rank is not None and r < config.rank}
     if short and config.scope == "global":
-        raise InvalidInput(f"a global theta needs rank {config.dim} in every layer: {short}")
+        raise InvalidInput(f"a global theta needs rank {config.rank} in every layer: {short}")
     if short:
         log.warning(
-            "basis layers %s have rank below %d; they keep all their columns", short, config.dim
+            "basis layers %s have rank below %d; they keep all their columns", short, config.rank
         )
     for g in layout.group_names:
         v = source.load(g)  # (D_l, k)
         scale = _scale(source, g) if config.theta_scale == "extent" else None
-        if config.dim is not None:
-            v = v[:, : config.dim]
-            scale = None if scale is None else scale[: config.dim]
+        if config.rank is not None:
+            v = v[:, : config.rank]
+            scale = None if scale is None else scale[: config.rank]
         projections[g] = DenseProjection(
             v, dtype=config.basis_dtype, block_rows=config.block_rows, scale=scale
         )
     reference = {**reference, "theta_scale": config.theta_scale}
-    if config.dim is not None:
-        reference = {**reference, "columns": config.dim}
+    if config.rank is not None:
+        reference = {**reference, "columns": config.rank}
         if short:
             reference["short_layers"] = short
     return projections, reference
@@ -184,9 +184,9 @@ def _scale(source: BasisSource, layer: str):
 
 
 def _fastfood(layout: Layout, config: SubspaceConfig, source: BasisSource | None):
-    d = config.dim or (source.shape(layout.group_names[0])[1] if source else None)
+    d = config.rank or (source.shape(layout.group_names[0])[1] if source else None)
     if d is None:
-        raise InvalidInput("method 'fastfood' needs a dimension (dim) or a basis to match")
+        raise InvalidInput("method 'fastfood' needs a rank (--rank) or a basis to match")
     projections = {
         g.name: FastfoodProjection(
             g.size, d, seed=config.basis_seed, index=i, block=config.fastfood_block

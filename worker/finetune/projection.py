@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from storage.errors import InvalidInput
+from worker.svd.random_basis import random_orthonormal
 
 
 class _BlockedHalfMatVec(torch.autograd.Function):
@@ -102,51 +103,20 @@ class DenseProjection(nn.Module):
         return self.subspace_basis.float()
 
 
-def _layer_generator(seed: int, index: int) -> torch.Generator:
-    # Independent streams per layer, stable under adding layers: SeedSequence(seed, index).
-    state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
 def random_orthonormal_bases(
     rows: dict[str, int], k: int, *, seed: int, scope: str = "layer"
 ) -> dict[str, torch.Tensor]:
     """Seeded random orthonormal bases of the given shapes: (D_l, k) float32 per layer.
 
-    Each layer draws a Gaussian G_l (D_l, k) from its own seeded stream and is orthonormalized
-    by Cholesky QR in float64: R = chol(G^T G), V = G R^-1 (R with a positive diagonal, so the
-    result is unique). With scope='global' the Gram is summed over layers, so the stacked
-    [V_0; V_1; ...] is one orthonormal basis of the whole encoder and each V_l is its slice.
-    A Gaussian D x k with D >> k is very well conditioned, so Cholesky QR is exact to rounding.
-    Memory: one layer's G (float64) at a time plus the float32 outputs.
+    `rows` is layer name -> D_l in layout order; layer l's Gaussian is drawn from the stream of
+    (seed, l), its position. The one generator of the project, worker.svd.random_basis (the
+    registry's random bases come from it too): G_l (D_l, k) Gaussian, orthonormalized by Cholesky
+    QR in float64, V = G R^-1 with R = chol(G^T G). With scope='global' the Gram is summed over
+    layers, so the stacked [V_0; V_1; ...] is one orthonormal basis of the whole encoder and
+    each V_l is its slice. Memory: one layer's G (float64) at a time plus the float32 outputs.
     """
-    if k < 1:
-        raise InvalidInput(f"a random basis needs k >= 1, got {k}")
-    too_small = {n: d for n, d in rows.items() if d < k}
-    if scope == "layer" and too_small:
-        raise InvalidInput(f"layers {too_small} have fewer rows than k={k}")
-    if scope == "global" and sum(rows.values()) < k:
-        raise InvalidInput(f"the encoder has {sum(rows.values())} parameters, fewer than k={k}")
-
-    def draw(i: int, d: int) -> torch.Tensor:
-        return torch.randn(d, k, generator=_layer_generator(seed, i), dtype=torch.float64)
-
-    total = None
-    if scope == "global":
-        # Pass 1: the Gram of the stacked Gaussian; pass 2 redraws each G_l from its seed
-        # instead of holding all of them.
-        total = torch.zeros(k, k, dtype=torch.float64)
-        for i, d in enumerate(rows.values()):
-            g = draw(i, d)
-            total += g.T @ g
-    out = {}
-    for i, (name, d) in enumerate(rows.items()):
-        g = draw(i, d)  # (D_l, k)
-        gram = total if total is not None else g.T @ g
-        r = torch.linalg.cholesky(gram, upper=True)  # (k, k), G^T G = R^T R
-        # V = G R^-1, solved as V R = G.
-        out[name] = torch.linalg.solve_triangular(r, g, upper=True, left=False).float()
-    return out
+    bases = random_orthonormal(rows, k, seed, scope=scope)
+    return {name: torch.from_numpy(v) for name, v in bases.items()}
 
 
 def tensor_sha256(t: torch.Tensor) -> str:

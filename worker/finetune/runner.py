@@ -3,7 +3,7 @@
 Every method goes through `run()` with the same data split, seeds and step budget, so a table of
 full / freeze / random / intrinsic numbers compares like with like. The run folder holds:
 
-    run.json            task, method, seed, dim, metric, score, metrics, basis reference, settings
+    run.json            task, method, seed, rank, metric, score, metrics, basis reference, settings
     subspace/           theta (safetensors) + the reference to V (subspace methods)
     tokenizer/          the tokenizer (small; with theta it makes the run rebuildable)
     outliers.json/.npz  outlier dimensions of V theta (subspace methods)
@@ -235,7 +235,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         "task": task.name,
         "method": spec.method,
         "seed": spec.train.seed,
-        "dim": None,
+        "rank": None,
         "metric": task.metric,
         "score": result.metrics.get(task.metric),
         "metrics": result.metrics,
@@ -252,7 +252,7 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     if task.problem == CAUSAL_LM:
         record["samples"] = _samples(model, loaded.tokenizer, task.dev)
     if isinstance(model, SubspaceModel):
-        record["dim"] = next(iter(model.subspace_theta.values())).shape[1]
+        record["rank"] = next(iter(model.subspace_theta.values())).shape[1]
         record["basis"] = model.subspace_reference
         record["subspace"] = spec.subspace.to_dict()
         # |theta_k|, each coordinate's size and |V theta| per layer: how far the run went.
@@ -296,7 +296,7 @@ def post_run(spec: RunSpec, record: dict[str, Any], source: Any) -> dict[str, An
         "seed": int(spec.train.seed),
         "params": {
             "data_task": record["task"],
-            "dim": record["dim"],
+            "rank": record["rank"],
             "model": record["model"],
             "metric": record["metric"],
         },
@@ -352,7 +352,10 @@ def read_run(path: str) -> dict:
     if not os.path.exists(file):
         raise NotFound(f"no run at {path} (no {RUN_FILE})")
     with open(file) as f:
-        return json.load(f)
+        record = json.load(f)
+    if "dim" in record and "rank" not in record:  # written before `dim` was renamed `rank`
+        record["rank"] = record.pop("dim")
+    return record
 
 
 def restore(
@@ -396,10 +399,10 @@ def restore(
         source = StoreBasisSource.open(url, task=ref.get("task"))
         check_reference(source, ref)
         if ref.get("columns"):
-            config = dataclasses.replace(config, dim=ref["columns"])
-    elif config.dim is None:  # a generated basis whose k came from a basis given at train time
+            config = dataclasses.replace(config, rank=ref["columns"])
+    elif config.rank is None:  # a generated basis whose k came from a basis given at train time
         first = next(iter(ref["layers"].values()))
-        config = dataclasses.replace(config, dim=int(first["shape"][1]))
+        config = dataclasses.replace(config, rank=int(first["shape"][1]))
     model = prepare(saved["method"], loaded.model, config, source=source)
     if ref["kind"] in ("random", "fastfood"):
         check_reference_layers(model.subspace_reference, ref)

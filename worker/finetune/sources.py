@@ -20,6 +20,7 @@ from storage.basis import BasisStore
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.layout import Layout
 from worker.finetune.projection import random_orthonormal_bases, tensor_sha256
+from worker.svd.random_basis import GENERATOR
 
 log = logging.getLogger(__name__)
 
@@ -231,13 +232,13 @@ class RandomBasisSource:
 
     kind = "random"
 
-    def __init__(self, layout: Layout, k: int, *, seed: int, scope: str = "layer") -> None:
+    def __init__(self, layout: Layout, rank: int, *, seed: int, scope: str = "layer") -> None:
         self.scope = scope
         self.seed = seed
-        self.k = k
+        self.rank = rank
         self._rows = {g.name: g.size for g in layout.groups}
         self._bases: dict[str, torch.Tensor] = random_orthonormal_bases(
-            self._rows, k, seed=seed, scope=scope
+            self._rows, rank, seed=seed, scope=scope
         )
         self._sha = {n: tensor_sha256(v) for n, v in self._bases.items()}
 
@@ -245,7 +246,7 @@ class RandomBasisSource:
         return list(self._rows)
 
     def shape(self, layer: str) -> tuple[int, int]:
-        return self._rows[layer], self.k
+        return self._rows[layer], self.rank
 
     def load(self, layer: str) -> np.ndarray:
         return self._bases[layer].numpy()
@@ -261,9 +262,9 @@ class RandomBasisSource:
             "kind": "random",
             "scope": self.scope,
             "seed": self.seed,
-            "generator": "gaussian+cholesky-qr/1",
+            "generator": GENERATOR,
             "layers": {
-                n: {"shape": [self._rows[n], self.k], "sha256": self._sha[n]} for n in self._rows
+                n: {"shape": [self._rows[n], self.rank], "sha256": self._sha[n]} for n in self._rows
             },
         }
 

@@ -42,7 +42,7 @@ def _out(storage_options: dict | None, out_storage_options: dict | None) -> dict
 def task_basis(
     store_url: str,
     out_url: str,
-    k: int,
+    rank: int,
     *,
     mode: str = "delta",
     selection=None,
@@ -62,14 +62,14 @@ def task_basis(
     sources = make_sources([store], [selection], mode)
     kind = "global" if scope == "global" else "task"
     out_opts = _out(storage_options, out_storage_options)
-    request = BasisRequest(out_url, k, kind=kind, storage_options=out_opts)
+    request = BasisRequest(out_url, rank, kind=kind, storage_options=out_opts)
     return compute_bases(sources, [request], mode=mode, scope=scope, method=_method(method), **kw)
 
 
 def multitask_bases(
     stores: Mapping[str, str],
     out_dir: str,
-    k: int,
+    rank: int,
     *,
     mode: str = "delta",
     selection="last",
@@ -100,14 +100,16 @@ def multitask_bases(
     requests = []
     if unified:
         requests.append(
-            BasisRequest(_join(out_dir, "unified"), k, None, "unified", {"tasks": labels}, out_opts)
+            BasisRequest(
+                _join(out_dir, "unified"), rank, None, "unified", {"tasks": labels}, out_opts
+            )
         )
     held_out = labels if zeroshot is True else list(zeroshot or [])
     for lb in held_out:
         if lb not in spans:
             raise InvalidInput(f"zero-shot task {lb!r} is not among {labels}")
         members = [i for i in range(pos) if i not in set(spans[lb])]
-        kk = min(k, len(members)) if mode != "centered" else min(k, len(members) - 1)
+        kk = min(rank, len(members)) if mode != "centered" else min(rank, len(members) - 1)
         requests.append(
             BasisRequest(
                 _join(out_dir, f"zeroshot-{lb}"),

@@ -125,7 +125,7 @@ def basis_meta(plan: Plan, req: BasisRequest) -> BasisMeta:
         kind=req.kind,
         mode=plan.mode,
         scope=plan.scope,
-        requested_rank=req.k,
+        requested_rank=req.rank,
         rcond=plan.rcond,
         method=plan.method.name,
         method_params=plan.method.params(),

@@ -29,7 +29,7 @@ class BasisRequest:
     """One basis to produce: which of the computation's rows it spans, its rank, where it goes."""
 
     out_url: str
-    k: int
+    rank: int
     members: Sequence[int] | None = None  # indices into the concatenated rows; None = all
     kind: str = "task"
     meta: dict[str, Any] = field(default_factory=dict)
@@ -116,9 +116,9 @@ def check_ranks(requests: Sequence[BasisRequest], n: int) -> None:
     """Each basis' rank must fit the rows it spans (of the n rows of the union)."""
     for req in requests:
         members = range(n) if req.members is None else req.members
-        if req.k < 1 or req.k > len(members):
+        if req.rank < 1 or req.rank > len(members):
             raise InvalidInput(
-                f"basis {req.kind!r} spans {len(members)} rows but rank {req.k} "
+                f"basis {req.kind!r} spans {len(members)} rows but rank {req.rank} "
                 f"was asked for; use 1 <= k <= {len(members)}"
             )
 

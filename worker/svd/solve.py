@@ -56,14 +56,14 @@ def solve_grams(plan: Plan, grams: Mapping[str, np.ndarray]) -> Solves:
         sol = _solve_one(plan, g_all, req)
         # Each layer holds its slice of the global V (V_layer = X_layer^T m); the spectrum and
         # energy recorded with every layer are the global ones.
-        out.append({g: _as_requested(sol, req.k) for g in plan.groups})
+        out.append({g: _as_requested(sol, req.rank) for g in plan.groups})
     return out
 
 
 def _solve_one(plan: Plan, gram: np.ndarray, req: BasisRequest) -> SmallSolve:
     members = None if req.members is None else np.asarray(req.members)
     return solve_gram(
-        gram, req.k, mode=plan.mode, members=members, rcond=plan.rcond, augmented=plan.augmented
+        gram, req.rank, mode=plan.mode, members=members, rcond=plan.rcond, augmented=plan.augmented
     )
 
 
@@ -90,7 +90,7 @@ def _solve_randomized(
             plan.blocks,
             lambda b: plan.reduction_key(b.group),
             plan.n,
-            [Target(req.k, req.members) for req in plan.requests],
+            [Target(req.rank, req.members) for req in plan.requests],
             mode=plan.mode,
             params=method.sketch,
             rcond=plan.rcond,

@@ -148,7 +148,7 @@ def test_registry_round_trip_for_a_decoder(tmp_path):
             )
             posted = [r for r in client.runs(task_id="colors") if r["method"] == "intrinsic"]
     assert record["basis"]["task"] == "colors" and record["basis"]["version"] == 1
-    assert record["dim"] == 3 and record["registry_run"]["posted"] is True
+    assert record["rank"] == 3 and record["registry_run"]["posted"] is True
     assert posted[0]["metrics"]["perplexity"] == pytest.approx(record["score"])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "intr" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "intr" / "model")

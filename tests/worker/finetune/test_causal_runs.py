@@ -94,9 +94,9 @@ def test_every_method_trains_a_decoder(recorded):
         "freeze": run(_spec(recorded, "freeze")),
         "intrinsic": run(_spec(recorded, "intrinsic", basis=str(tmp / "basis"))),
         "global": run(_spec(recorded, "global", basis=str(tmp / "global"))),
-        "random": run(_spec(recorded, "random", subspace=SubspaceConfig(dim=3))),
+        "random": run(_spec(recorded, "random", subspace=SubspaceConfig(rank=3))),
         "fastfood": run(
-            _spec(recorded, "fastfood", subspace=SubspaceConfig(dim=4, said=True, scope="global"))
+            _spec(recorded, "fastfood", subspace=SubspaceConfig(rank=4, said=True, scope="global"))
         ),
     }
     for method, rec in runs.items():
@@ -106,7 +106,7 @@ def test_every_method_trains_a_decoder(recorded):
         assert rec["train"]["first_loss"] == pytest.approx(full["train"]["first_loss"], abs=1e-2)
         if method != "freeze":
             assert rec["train"]["trainable"]["subspace"] > 0
-    assert runs["intrinsic"]["dim"] == 3 and runs["intrinsic"]["basis"]["kind"] == "task"
+    assert runs["intrinsic"]["rank"] == 3 and runs["intrinsic"]["basis"]["kind"] == "task"
     assert set(runs["intrinsic"]["basis"]["layers"]) == {"layer.0", "layer.1"}
     assert runs["global"]["basis"]["scope"] == "global"
     # Only theta trains in the subspace: h x k per layer (16 x 3 x 2 layers) beside the
@@ -183,7 +183,7 @@ def test_the_cli_fine_tunes_a_decoder(tmp_path, capsys):
                 *columns,
                 "--method",
                 "random",
-                "--dim",
+                "--rank",
                 "3",
                 "--out",
                 str(out),

@@ -121,13 +121,13 @@ def tiny_runs(tmp_path) -> dict[str, dict]:
             train_override=tuned,
         )
     )
-    out["random"] = fingerprint(one("random", "random", subspace=SubspaceConfig(dim=3)))
+    out["random"] = fingerprint(one("random", "random", subspace=SubspaceConfig(rank=3)))
     out["fastfood"] = fingerprint(
         one(
             "fastfood",
             "fastfood",
             model="tiny-mpnet",
-            subspace=SubspaceConfig(dim=4, said=True, scope="global"),
+            subspace=SubspaceConfig(rank=4, said=True, scope="global"),
         )
     )
     return out
@@ -138,7 +138,7 @@ def minilm_runs(tmp_path) -> dict[str, dict]:
     task = toy_csv(tmp_path / "toy.csv")
     train = TrainConfig(max_steps=2, batch_size=4, lr=1e-4, max_length=16, seed=1)
     out = {}
-    for method, sub in (("full", SubspaceConfig()), ("random", SubspaceConfig(dim=2))):
+    for method, sub in (("full", SubspaceConfig()), ("random", SubspaceConfig(rank=2))):
         record = run(
             RunSpec(
                 task=task,

@@ -27,7 +27,7 @@ def test_defaults_follow_the_paper_but_for_the_theta_rule():
         {"train_parts": ("embeddings", "decoder")},
         {"basis_dtype": "bfloat16"},
         {"scope": "model"},
-        {"dim": 0},
+        {"rank": 0},
         {"fastfood_block": 12},
         {"block_rows": 0},
     ],
@@ -39,7 +39,15 @@ def test_bad_settings_are_refused(bad):
 
 def test_unknown_saved_settings_and_bad_training_settings_are_refused():
     with pytest.raises(InvalidInput, match="unknown"):
-        SubspaceConfig.from_dict({"rank": 3})
+        SubspaceConfig.from_dict({"width": 3})
     for bad in ({"lr": 0}, {"max_steps": 0}, {"warmup_ratio": 1.0}, {"device": "tpu"}):
         with pytest.raises(InvalidInput):
             TrainConfig(**bad)
+
+
+def test_the_old_name_dim_still_loads_and_reads():
+    """`dim` became `rank` (one name for the concept); saved runs and readers keep working."""
+    assert SubspaceConfig.from_dict({"dim": 3}).rank == 3
+    assert SubspaceConfig.from_dict(SubspaceConfig(rank=4).to_dict()).rank == 4
+    with pytest.warns(DeprecationWarning, match="rank"):
+        assert SubspaceConfig(rank=5).dim == 5

@@ -83,7 +83,7 @@ def test_llama_style_layers_and_parts(arch):
 
 def test_train_parts_select_decoder_parameters():
     model = make_causal_model("llama")
-    sub = prepare("random", model, SubspaceConfig(dim=3, train_parts=("layernorm", "head")))
+    sub = prepare("random", model, SubspaceConfig(rank=3, train_parts=("layernorm", "head")))
     trainable = {n for n, p in sub.named_parameters() if p.requires_grad}
     assert trainable == {
         "subspace_theta.layer_0",
@@ -109,7 +109,7 @@ def test_theta_zero_is_the_base_decoder(decoder):
     batch = make_lm_batch()
     with torch.no_grad():
         want = model(**batch)
-    sub = prepare("random", model, SubspaceConfig(dim=4, init="zeros")).eval()
+    sub = prepare("random", model, SubspaceConfig(rank=4, init="zeros")).eval()
     with torch.no_grad():
         got = sub(**batch)
     assert torch.equal(got.logits, want.logits) and torch.equal(got.loss, want.loss)

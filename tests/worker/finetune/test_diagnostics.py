@@ -290,7 +290,7 @@ def test_theta_summary_of_a_stored_basis_run(run, theta_scale):
 
 
 def test_theta_summary_of_a_random_basis_run_and_trained_layernorms(run):
-    model = prepare("random", make_model("bert", seed=0), SubspaceConfig(dim=3, ensemble=2))
+    model = prepare("random", make_model("bert", seed=0), SubspaceConfig(rank=3, ensemble=2))
     _set_theta(model, 1)
     updates = model.updates()
     summary = diagnostics.theta_summary(model)
@@ -303,12 +303,12 @@ def test_theta_summary_of_a_random_basis_run_and_trained_layernorms(run):
             float(updates[g].detach().double().norm()), rel=1e-6
         )
     # Fastfood has no per-direction scale (its own `subspace_scale` normalizes rows).
-    model = prepare("fastfood", make_model("bert", seed=0), SubspaceConfig(dim=3, ensemble=2))
+    model = prepare("fastfood", make_model("bert", seed=0), SubspaceConfig(rank=3, ensemble=2))
     _set_theta(model, 2)
     for row in diagnostics.theta_summary(model).values():
         assert row["coord_abs"] == pytest.approx(row["theta_abs"])
     # With LayerNorms training beside theta the base no longer holds theta0...
-    config = SubspaceConfig(dim=3, train_parts=("embeddings", "head", "layernorm"))
+    config = SubspaceConfig(rank=3, train_parts=("embeddings", "head", "layernorm"))
     model = prepare("random", make_model("bert", seed=0), config)
     row = diagnostics.theta_summary(model)["layer.0"]
     assert row["theta0_norm"] is None and row["relative_update"] is None

@@ -68,7 +68,7 @@ def _loss_curve(model, steps=8, lr=1e-3, theta_lr=0.05):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_lowers_the_loss(method, bases):
     cfg = SubspaceConfig(
-        dim=None if method in ("intrinsic", "transfer", "unified", "zeroshot", "global") else 4
+        rank=None if method in ("intrinsic", "transfer", "unified", "zeroshot", "global") else 4
     )
     model = prepare(method, make_model("bert"), cfg, source=_source(bases, method), task="a")
     losses = _loss_curve(model)
@@ -86,7 +86,7 @@ def test_the_subspace_alone_lowers_the_loss(method, bases):
         theta_scale="none",
         train_parts=(),
         init="zeros",
-        dim=None if method in ("intrinsic", "transfer", "unified", "zeroshot", "global") else 4,
+        rank=None if method in ("intrinsic", "transfer", "unified", "zeroshot", "global") else 4,
         said=method == "fastfood",
     )
     model = prepare(method, make_model("bert"), cfg, source=_source(bases, method), task="a")
@@ -112,7 +112,7 @@ def test_dim_keeps_the_leading_columns(bases):
     model = prepare(
         "intrinsic",
         make_model("bert"),
-        SubspaceConfig(dim=2),
+        SubspaceConfig(rank=2),
         source=_source(bases, "intrinsic"),
         task="a",
     )
@@ -122,7 +122,7 @@ def test_dim_keeps_the_leading_columns(bases):
         prepare(
             "intrinsic",
             make_model("bert"),
-            SubspaceConfig(dim=9),
+            SubspaceConfig(rank=9),
             source=_source(bases, "intrinsic"),
         )
 
@@ -139,7 +139,7 @@ def test_bases_are_checked_against_the_method_and_task(bases):
         prepare("unified", base, source=_source(bases, "intrinsic"), task="a")
     with pytest.raises(InvalidInput, match="global"):
         prepare("intrinsic", base, source=_source(bases, "global"), task="a")
-    with pytest.raises(InvalidInput, match="needs a dimension"):
+    with pytest.raises(InvalidInput, match="needs a rank"):
         prepare("random", base)
     with pytest.raises(InvalidInput, match="unknown method"):
         prepare("lora", base)
@@ -180,14 +180,16 @@ class _ShortLayer:
 
 def test_a_rank_deficient_layer_keeps_all_its_columns(bases):
     source = _ShortLayer(_source(bases, "intrinsic"))
-    model = prepare("intrinsic", make_model("bert"), SubspaceConfig(dim=4), source=source, task="a")
+    model = prepare(
+        "intrinsic", make_model("bert"), SubspaceConfig(rank=4), source=source, task="a"
+    )
     shapes = [tuple(t.shape) for t in model.subspace_theta.values()]
     assert shapes[0] == (16, 3) and all(s == (16, 4) for s in shapes[1:])
     assert model.subspace_reference["short_layers"] == {source.layer_names()[0]: 3}
     # more than any layer has is still refused, unless the caller accepts short layers
     with pytest.raises(InvalidInput, match="rank 4"):
-        prepare("intrinsic", make_model("bert"), SubspaceConfig(dim=5), source=source, task="a")
-    cfg = SubspaceConfig(dim=5, allow_short=True)
+        prepare("intrinsic", make_model("bert"), SubspaceConfig(rank=5), source=source, task="a")
+    cfg = SubspaceConfig(rank=5, allow_short=True)
     model = prepare("intrinsic", make_model("bert"), cfg, source=source, task="a")
     shapes = [tuple(t.shape) for t in model.subspace_theta.values()]
     assert shapes[0] == (16, 3) and all(s == (16, 4) for s in shapes[1:])

@@ -60,7 +60,7 @@ def test_intrinsic_run_pulls_by_task_id_and_posts_its_metrics(registry, toy_csv,
     assert {n: v["sha256"] for n, v in ref["layers"].items()} == {
         i["name"]: i["sha256"] for i in manifest["layers"]
     }
-    assert record["dim"] == 2
+    assert record["rank"] == 2
     posted = record["registry_run"]
     assert posted["posted"] is True
     runs = client.runs(task_id="toy")

@@ -23,7 +23,7 @@ def test_theta_zero_gives_the_base_model(arch, method, scope, dtype):
     base = make_model(arch).eval()
     batch = make_batch()
     want = _logits(base, batch)
-    cfg = SubspaceConfig(init="zeros", dim=5, scope=scope, basis_dtype=dtype)
+    cfg = SubspaceConfig(init="zeros", rank=5, scope=scope, basis_dtype=dtype)
     wrapped = prepare(method, base, cfg).eval()
     assert torch.equal(_logits(wrapped, batch), want)
 
@@ -113,7 +113,7 @@ def test_only_the_intended_tensors_receive_gradients(arch, parts):
     base = make_model(arch)
     layout = layout_from_model(base)
     kinds = parameter_parts(base, layout)
-    wrapped = prepare("random", base, SubspaceConfig(dim=4, train_parts=parts))
+    wrapped = prepare("random", base, SubspaceConfig(rank=4, train_parts=parts))
     wrapped(**make_batch()).loss.backward()
     got = {n for n, p in wrapped.named_parameters() if p.grad is not None}
     want = {f"base.{n}" for n, part in kinds.items() if part in parts}
@@ -127,7 +127,7 @@ def test_only_the_intended_tensors_receive_gradients(arch, parts):
 
 
 def test_one_product_per_layer_per_forward(arch):
-    wrapped = prepare("random", make_model(arch), SubspaceConfig(dim=3))
+    wrapped = prepare("random", make_model(arch), SubspaceConfig(rank=3))
     calls = []
     for name, proj in wrapped.subspace_projections.items():
         proj.register_forward_hook(lambda *_a, name=name: calls.append(name))
@@ -151,7 +151,7 @@ def test_merge_equals_the_wrapped_forward_and_saves(arch, method, tmp_path):
     base = make_model(arch)
     frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
     layout = layout_from_model(base)
-    wrapped = prepare(method, base, SubspaceConfig(dim=4, said=method == "fastfood"))
+    wrapped = prepare(method, base, SubspaceConfig(rank=4, said=method == "fastfood"))
     _train_steps(wrapped)
     wrapped.eval()
     merged = wrapped.merge().eval()
@@ -173,13 +173,13 @@ def test_merge_equals_the_wrapped_forward_and_saves(arch, method, tmp_path):
 
 def test_saved_theta_reloads_against_the_same_basis_only(tmp_path):
     base = make_model("roberta")
-    wrapped = prepare("random", base, SubspaceConfig(dim=4, basis_seed=7))
+    wrapped = prepare("random", base, SubspaceConfig(rank=4, basis_seed=7))
     _train_steps(wrapped)
     wrapped.eval()
     wrapped.save_subspace(tmp_path / "run")
     want = _logits(wrapped, make_batch())
 
-    fresh = prepare("random", make_model("roberta"), SubspaceConfig(dim=4, basis_seed=7)).eval()
+    fresh = prepare("random", make_model("roberta"), SubspaceConfig(rank=4, basis_seed=7)).eval()
     fresh.load_subspace_state(tmp_path / "run")
     torch.testing.assert_close(_logits(fresh, make_batch()), want, atol=1e-6, rtol=0)
 
@@ -213,7 +213,7 @@ def test_float16_basis_changes_outputs_by_rounding_only(arch):
     out, upd = {}, {}
     for dtype in ("float32", "float16"):
         wrapped = prepare(
-            "random", make_model(arch), SubspaceConfig(dim=6, init_std=1.0, basis_dtype=dtype)
+            "random", make_model(arch), SubspaceConfig(rank=6, init_std=1.0, basis_dtype=dtype)
         ).eval()
         out[dtype] = _logits(wrapped, make_batch())
         upd[dtype] = torch.cat(list(wrapped.updates().values())).detach()
@@ -229,9 +229,9 @@ def test_the_ensemble_trains_like_one_vector_started_at_its_mean():
     wide = prepare(
         "random",
         make_model("bert"),
-        SubspaceConfig(dim=4, ensemble=8, init_std=0.3, train_parts=()),
+        SubspaceConfig(rank=4, ensemble=8, init_std=0.3, train_parts=()),
     )
-    one = prepare("random", make_model("bert"), SubspaceConfig(dim=4, ensemble=1, train_parts=()))
+    one = prepare("random", make_model("bert"), SubspaceConfig(rank=4, ensemble=1, train_parts=()))
     with torch.no_grad():
         for k, p in one.subspace_theta.items():
             p.copy_(wide.subspace_theta[k].mean(0, keepdim=True))

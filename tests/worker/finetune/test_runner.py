@@ -100,7 +100,7 @@ def test_full_then_basis_then_every_command(toy_csv, tmp_path):
         == 0
     )
     intr = _record(tmp_path / "intr")
-    assert intr["dim"] == 3 and intr["basis"]["kind"] == "task"
+    assert intr["rank"] == 3 and intr["basis"]["kind"] == "task"
     assert set(intr["basis"]["layers"]) == {"layer.0", "layer.1"}
     assert (tmp_path / "intr" / "subspace" / "subspace.safetensors").exists()
     assert intr["data"] == full["data"]  # same split for every method
@@ -113,7 +113,7 @@ def test_full_then_basis_then_every_command(toy_csv, tmp_path):
                 toy_csv,
                 "--method",
                 "random",
-                "--dim",
+                "--rank",
                 "3",
                 "--out",
                 str(tmp_path / "rand"),
@@ -172,7 +172,7 @@ def test_runs_are_deterministic_and_share_the_head_init(toy_csv):
         task=toy_csv,
         method="fastfood",
         model="tiny-mpnet",
-        subspace=SubspaceConfig(dim=4, said=True, scope="global"),
+        subspace=SubspaceConfig(rank=4, said=True, scope="global"),
         train=TrainConfig(max_steps=4, batch_size=8, lr=1e-3, seed=3),
     )
     a, b = run(spec), run(spec)

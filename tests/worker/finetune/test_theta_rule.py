@@ -88,7 +88,7 @@ def problem(tmp_path_factory):
 def _held_out_error(problem, dim: int, rule: str, lr: float = 0.1, steps: int = 60) -> float:
     (x_train, y_train), (x_test, y_test), basis = problem
     source = StoreBasisSource(BasisStore.open(basis))
-    cfg = SubspaceConfig(dim=dim, theta_scale=rule, train_parts=(), init="zeros", theta_lr=lr)
+    cfg = SubspaceConfig(rank=dim, theta_scale=rule, train_parts=(), init="zeros", theta_lr=lr)
     model = prepare("intrinsic", LinearRegressor(), cfg, source=source)
     opt = torch.optim.Adam(param_groups(model, 1e-3, lr))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - s / steps)

@@ -190,9 +190,9 @@ def test_gram_solves_are_sub_blocks_of_each_groups_gram(tiny_store, tmp_path):
     for req, per in zip(reqs, solves, strict=True):
         for g, sol in per.items():
             members = None if req.members is None else np.asarray(req.members)
-            ref = solve_gram(grams[g], req.k, mode="delta", members=members, rcond=plan.rcond)
+            ref = solve_gram(grams[g], req.rank, mode="delta", members=members, rcond=plan.rcond)
             np.testing.assert_array_equal(sol.m, ref.m)
-            assert sol.requested_rank == req.k
+            assert sol.requested_rank == req.rank
     glob = solve_grams(plan_for(tiny_store, tmp_path, requests=reqs, scope="global"), grams)
     ref = solve_gram(grams["layer.0"] + grams["layer.1"], 2, mode="delta", members=[1, 2, 5, 6])
     for sol in glob[1].values():  # every layer takes its slice of the one global solve
