@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.layout import Layout, locate_params
@@ -23,17 +24,17 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def to_numpy(value: Any) -> np.ndarray:
+def to_numpy(value: Any) -> npt.NDArray[Any]:
     """A torch tensor or array-like as a numpy array (float32 for bfloat16 tensors)."""
     if hasattr(value, "detach"):
         value = value.detach()
         if str(value.dtype) == "torch.bfloat16":
             value = value.float()
-        return value.cpu().numpy()
+        return cast(npt.NDArray[Any], value.cpu().numpy())
     return np.asarray(value)
 
 
-def encode(values: np.ndarray, dtype: str) -> np.ndarray:
+def encode(values: npt.NDArray[Any], dtype: str) -> npt.NDArray[Any]:
     """Finite float32 values -> the array written to zarr for storage dtype `dtype`.
 
     Raises `InvalidInput` when a value overflows the storage dtype (|x| > 65504 in float16):
@@ -43,7 +44,8 @@ def encode(values: np.ndarray, dtype: str) -> np.ndarray:
         return np.ascontiguousarray(values, dtype=np.float32)
     if dtype == "float16":
         with np.errstate(over="ignore"):
-            out = values.astype(np.float16)
+            # Any: the float16 result here, the uint16 bits of bfloat16 below.
+            out: npt.NDArray[Any] = values.astype(np.float16)
         finite = np.isfinite(out)
     else:
         bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
@@ -60,17 +62,17 @@ def encode(values: np.ndarray, dtype: str) -> np.ndarray:
     return out
 
 
-def decode(stored: np.ndarray, dtype: str) -> np.ndarray:
+def decode(stored: npt.NDArray[Any], dtype: str) -> npt.NDArray[np.float32]:
     """The zarr array for storage dtype `dtype` -> float32 values."""
     if dtype == "bfloat16":
         return (stored.astype(np.uint32) << np.uint32(16)).view(np.float32)
     return stored.astype(np.float32, copy=False)
 
 
-def digest(values: np.ndarray) -> str:
+def digest(values: npt.NDArray[Any]) -> str:
     """sha256 of an array's C-order bytes: the identity of a stored row or layer."""
     h = hashlib.sha256()
-    h.update(memoryview(np.ascontiguousarray(values)).cast("B"))
+    h.update(np.ascontiguousarray(values).data.cast("B"))
     return h.hexdigest()
 
 
@@ -89,7 +91,7 @@ def flatten_state(
     layout: Layout,
     shapes: Iterable[tuple[str, tuple[int, ...]]] | None = None,
     what: str = "checkpoint",
-) -> dict[str, np.ndarray]:
+) -> dict[str, npt.NDArray[np.float32]]:
     """Flatten a state dict into one float32 vector per layout group, in layout order.
 
     The state dict may carry another class prefix (`bert.`) and another parameter order than
@@ -98,7 +100,7 @@ def flatten_state(
     then read, one at a time). Peak memory: the output vectors plus one tensor.
     """
     names = locate_params(layout, float_shapes(state) if shapes is None else shapes, what)
-    out: dict[str, np.ndarray] = {}
+    out: dict[str, npt.NDArray[np.float32]] = {}
     for group in layout.groups:
         vec = np.empty(group.size, dtype=np.float32)  # (D_group,)
         for spec, full in zip(group.params, names[group.name], strict=True):
@@ -107,7 +109,9 @@ def flatten_state(
     return out
 
 
-def check_row(vectors: Mapping[str, np.ndarray], layout: Layout) -> dict[str, np.ndarray]:
+def check_row(
+    vectors: Mapping[str, npt.NDArray[Any]], layout: Layout
+) -> dict[str, npt.NDArray[np.float32]]:
     """Validate one row (group -> flat vector): every group present, right size, finite."""
     missing = [g for g in layout.group_names if g not in vectors]
     extra = [g for g in vectors if g not in set(layout.group_names)]

@@ -21,9 +21,10 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from storage.errors import (
     Conflict,
@@ -35,6 +36,9 @@ from storage.errors import (
 )
 from storage.layout import Layout
 from storage.objects import Location, zarr_store
+
+if TYPE_CHECKING:
+    from zarr.types import AnyArray
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +64,7 @@ class LayerInfo:
     def nbytes(self) -> int:
         return 4 * self.rows * self.rank
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "shape": [self.rows, self.rank],
@@ -75,7 +79,7 @@ class LayerInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> LayerInfo:
+    def from_dict(cls, d: Mapping[str, Any]) -> LayerInfo:
         return cls(
             name=d["name"],
             rows=int(d["shape"][0]),
@@ -89,7 +93,7 @@ class LayerInfo:
         )
 
 
-def _open_array(loc: Location, name: str, *, read_only: bool):
+def _open_array(loc: Location, name: str, *, read_only: bool) -> AnyArray:
     import zarr
 
     return zarr.open_array(
@@ -100,7 +104,9 @@ def _open_array(loc: Location, name: str, *, read_only: bool):
 class BasisWriter:
     """A basis being computed: arrays exist, the manifest does not yet."""
 
-    def __init__(self, loc: Location, shapes: Mapping[str, tuple[int, int]], chunk_rows: int):
+    def __init__(
+        self, loc: Location, shapes: Mapping[str, tuple[int, int]], chunk_rows: int
+    ) -> None:
         self.loc = loc
         self.shapes = dict(shapes)
         self.chunk_rows = chunk_rows
@@ -108,11 +114,11 @@ class BasisWriter:
     @classmethod
     def create(
         cls,
-        url: str | os.PathLike,
+        url: str | os.PathLike[str],
         shapes: Mapping[str, tuple[int, int]],
         *,
         chunk_rows: int,
-        storage_options: dict | None = None,
+        storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> BasisWriter:
         import zarr
@@ -159,7 +165,7 @@ class BasisWriter:
     def url(self) -> str:
         return self.loc.url
 
-    def commit(self, layers: Mapping[str, dict], meta: dict[str, Any]) -> BasisStore:
+    def commit(self, layers: Mapping[str, Mapping[str, Any]], meta: dict[str, Any]) -> BasisStore:
         """Hash every layer as stored and write the manifest. `layers[name]` holds the spectrum
         (singular_values, energy, total_energy) and optionally the trajectory's `extent` and a
         precomputed `sha256`."""
@@ -198,21 +204,23 @@ def layer_sha256(loc: Location, name: str, chunk_rows: int) -> str:
     step = max(chunk_rows, (1 << 24) // max(1, 4 * arr.shape[1]) // chunk_rows * chunk_rows)
     for a in range(0, rows, step):
         block = np.ascontiguousarray(arr[a : a + step], dtype="<f4")
-        h.update(memoryview(block).cast("B"))
+        h.update(block.data.cast("B"))
     return h.hexdigest()
 
 
 class BasisStore:
     """A finished basis, read-only. Open with `BasisStore.open(url)`."""
 
-    def __init__(self, loc: Location, manifest: dict) -> None:
+    def __init__(self, loc: Location, manifest: dict[str, Any]) -> None:
         self.loc = loc
         self.manifest = manifest
         self.layers = {d["name"]: LayerInfo.from_dict(d) for d in manifest["layers"]}
-        self._arrays: dict[str, Any] = {}
+        self._arrays: dict[str, AnyArray] = {}
 
     @classmethod
-    def open(cls, url: str | os.PathLike, storage_options: dict | None = None) -> BasisStore:
+    def open(
+        cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    ) -> BasisStore:
         loc = Location.from_url(url, storage_options)
         if not loc.exists(MANIFEST):
             raise NotFound(f"no finished basis at {loc.url} (no {MANIFEST})")
@@ -222,7 +230,9 @@ class BasisStore:
         return cls(loc, manifest)
 
     @classmethod
-    def exists(cls, url: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    def exists(
+        cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    ) -> bool:
         return Location.from_url(url, storage_options).exists(MANIFEST)
 
     @property
@@ -262,7 +272,7 @@ class BasisStore:
             raise NotFound(f"basis at {self.url} has no layer {name!r}; it has {self.layer_names}")
         return self.layers[name]
 
-    def _array(self, name: str):
+    def _array(self, name: str) -> AnyArray:
         self.layer(name)
         if name not in self._arrays:
             try:
@@ -271,7 +281,7 @@ class BasisStore:
                 raise NotFound(f"layer {name!r} of the basis at {self.url} is gone") from exc
         return self._arrays[name]
 
-    def _read(self, name: str, rows: slice) -> np.ndarray:
+    def _read(self, name: str, rows: slice) -> npt.NDArray[np.float32]:
         """Rows of one layer as C-order little-endian float32; a corrupt chunk (its crc32c
         fails) is a StorageError and a basis deleted under this handle is NotFound, never
         bytes (zarr would hand back the fill value for chunks that vanished)."""
@@ -288,7 +298,7 @@ class BasisStore:
             raise NotFound(f"the basis at {self.url} was deleted while it was read")
         return block
 
-    def load(self, name: str) -> np.ndarray:
+    def load(self, name: str) -> npt.NDArray[np.float32]:
         """V of one layer, (D, k) float32."""
         return self._read(name, slice(None))
 
@@ -311,7 +321,7 @@ class BasisStore:
             r0 = pos // row_bytes
             r1 = min(info.rows, (r0 // info.chunk_rows) * info.chunk_rows + rows_per_block)
             block = self._read(name, slice(r0, r1))
-            raw = memoryview(block).cast("B")
+            raw = block.data.cast("B")
             lo = pos - r0 * row_bytes
             hi = min(len(raw), stop - r0 * row_bytes)
             yield bytes(raw[lo:hi])
@@ -329,7 +339,7 @@ class BasisStore:
                 problems.append(f"{name}: sha256 mismatch")
         return problems
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         m = self.manifest
         return {
             "url": self.url,

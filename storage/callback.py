@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
 
@@ -24,6 +24,13 @@ from storage.checkpoints import metrics_at
 from storage.errors import InvalidInput
 from storage.layout import Layout, layout_from_model, locate_params
 from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+    import torch
+    from transformers.trainer_callback import TrainerControl, TrainerState
+    from transformers.training_args import TrainingArguments
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +54,7 @@ class TrajectoryCallback(TrainerCallback):
 
     def __init__(
         self,
-        store: str | os.PathLike | TrajectoryStore,
+        store: str | os.PathLike[str] | TrajectoryStore,
         *,
         every: int | str = "epoch",
         rule: str = "auto",
@@ -55,7 +62,7 @@ class TrajectoryCallback(TrainerCallback):
         revision: str | None = None,
         dtype: str = "float32",
         chunk_cols: int = DEFAULT_CHUNK_COLS,
-        storage_options: dict | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         if every != "epoch" and not (isinstance(every, int) and every > 0):
             raise InvalidInput(
@@ -73,15 +80,20 @@ class TrajectoryCallback(TrainerCallback):
         self._layout: Layout | None = None
 
     # ------------------------------------------------------------------------------ helpers
-    def _row(self, model) -> dict:
+    def _row(self, model: torch.nn.Module | None) -> dict[str, npt.NDArray[np.float32]]:
+        assert model is not None, "the Trainer passes its model to every event"
+        assert self._layout is not None, "on_train_begin opens the store before any row"
         params = dict(model.named_parameters())
         return flatten_state(
             params, self._layout, [(n, tuple(p.shape)) for n, p in params.items()], what="model"
         )
 
-    def _open(self, model) -> None:
+    def _open(self, model: torch.nn.Module | None) -> TrajectoryStore:
+        assert model is not None, "the Trainer passes its model to every event"
         if self.store is None:
             target = self._target
+            # A store given open is self.store from the start: only a path or URL gets here.
+            assert not isinstance(target, TrajectoryStore)
             if TrajectoryStore.exists(target, self.storage_options):
                 self.store = TrajectoryStore.open(
                     target, read_only=False, storage_options=self.storage_options
@@ -105,6 +117,7 @@ class TrajectoryCallback(TrainerCallback):
         locate_params(
             self._layout, [(n, tuple(p.shape)) for n, p in model.named_parameters()], "model"
         )
+        return self.store
 
     @property
     def _last_step(self) -> int | None:
@@ -112,7 +125,9 @@ class TrajectoryCallback(TrainerCallback):
         steps = [r.step for r in rows if r.step is not None]
         return max(steps) if steps else None
 
-    def _write(self, state, model) -> None:
+    def _write(
+        self, store: TrajectoryStore, state: TrainerState, model: torch.nn.Module | None
+    ) -> None:
         last = self._last_step
         if last is not None and state.global_step <= last:
             if state.global_step < last:
@@ -120,42 +135,71 @@ class TrajectoryCallback(TrainerCallback):
                     "step %d is older than row step %d in %s; not written again",
                     state.global_step,
                     last,
-                    self.store.url,
+                    store.url,
                 )
             return
-        index = self.store.append(
+        index = store.append(
             self._row(model),
             step=state.global_step,
             epoch=state.epoch,
             metrics=metrics_at(state.log_history, state.global_step),
         )
-        log.info("trajectory row %d (step %d) -> %s", index, state.global_step, self.store.url)
+        log.info("trajectory row %d (step %d) -> %s", index, state.global_step, store.url)
 
     # ------------------------------------------------------------------------------- events
-    def on_train_begin(self, args, state, control, model=None, **kwargs: Any) -> None:
+    def on_train_begin(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero:
             return
-        self._open(model)
-        if self.store.num_rows == 0:
-            self.store.append(self._row(model), step=state.global_step, epoch=state.epoch or 0.0)
+        store = self._open(model)
+        if store.num_rows == 0:
+            store.append(self._row(model), step=state.global_step, epoch=state.epoch or 0.0)
         elif state.global_step == 0:
             # A fresh run into a store that has rows: same starting point, or refuse.
-            self.store.write_row(0, self._row(model))
+            store.write_row(0, self._row(model))
 
-    def on_step_end(self, args, state, control, model=None, **kwargs: Any) -> None:
+    def on_step_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or self.store is None:
             return
         last_step = state.max_steps and state.global_step >= state.max_steps
-        if (self.every != "epoch" and state.global_step % self.every == 0) or last_step:
-            self._write(state, model)
+        # An int is a number of steps (__init__ accepts no other value but "epoch").
+        if (isinstance(self.every, int) and state.global_step % self.every == 0) or last_step:
+            self._write(self.store, state, model)
 
-    def on_epoch_end(self, args, state, control, model=None, **kwargs: Any) -> None:
+    def on_epoch_end(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        model: torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> None:
         if not state.is_world_process_zero or self.store is None:
             return
         if self.every == "epoch":
-            self._write(state, model)
+            self._write(self.store, state, model)
 
-    def on_log(self, args, state, control, logs=None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         # The trainer logs a step's loss and eval metrics after the step's row was written.
         if not state.is_world_process_zero or self.store is None or not self.store.rows:
             return

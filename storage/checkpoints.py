@@ -14,13 +14,16 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import InvalidInput, LayoutMismatch, NotFound, StorageError
 from storage.layout import Layout, build_layout, layout_from_model, locate_params
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ CHECKPOINT_DIR = re.compile(r"^checkpoint-(\d+)$")
 _FLOAT_CODES = ("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2")
 
 
-def weight_files(folder: str | os.PathLike) -> list[Path]:
+def weight_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The weight file(s) of a model folder, preferring safetensors; shards in index order."""
     folder = Path(folder)
     if not folder.is_dir():
@@ -55,14 +58,14 @@ def weight_files(folder: str | os.PathLike) -> list[Path]:
     raise NotFound(f"{folder} holds no model weights (none of {', '.join(WEIGHT_FILES)})")
 
 
-class Weights(Mapping):
+class Weights(Mapping[str, "torch.Tensor"]):
     """A model folder's tensors by name, read lazily; `shapes` lists the floating-point ones.
 
     Use as a context manager (or call `close()`): safetensors files stay memory-mapped while
     open. Values are torch tensors on the CPU.
     """
 
-    def __init__(self, folder: str | os.PathLike) -> None:
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         self.files = weight_files(self.folder)
         self._handles: list[Any] = []
@@ -107,9 +110,10 @@ class Weights(Mapping):
             if value.is_floating_point():
                 self.shapes.append((name, tuple(value.shape)))
 
-    def __getitem__(self, name: str):
+    def __getitem__(self, name: str) -> torch.Tensor:
         holder = self._where[name]
-        return holder[name] if isinstance(holder, dict) else holder.get_tensor(name)
+        tensor: torch.Tensor = holder[name] if isinstance(holder, dict) else holder.get_tensor(name)
+        return tensor
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._where)
@@ -124,11 +128,11 @@ class Weights(Mapping):
     def __enter__(self) -> Weights:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def folder_layout(folder: str | os.PathLike, rule: str = "auto") -> Layout:
+def folder_layout(folder: str | os.PathLike[str], rule: str = "auto") -> Layout:
     """The layout of a model folder, with each group's parameters in the model's own order.
 
     Weight files list tensors sorted by name; a layout built from that order would get another
@@ -183,7 +187,7 @@ class Checkpoint:
         return self.path.name
 
 
-def metrics_at(log_history: list[Mapping[str, Any]], step: int | None) -> dict[str, float]:
+def metrics_at(log_history: Sequence[Mapping[str, Any]], step: int | None) -> dict[str, float]:
     """Numeric values the trainer logged at exactly `step` (training loss, eval metrics, ...)."""
     out: dict[str, float] = {}
     for entry in log_history or []:
@@ -197,7 +201,7 @@ def metrics_at(log_history: list[Mapping[str, Any]], step: int | None) -> dict[s
     return out
 
 
-def read_checkpoint(folder: str | os.PathLike, step: int | None = None) -> Checkpoint:
+def read_checkpoint(folder: str | os.PathLike[str], step: int | None = None) -> Checkpoint:
     """A checkpoint folder with the step, epoch and metrics of its `trainer_state.json`."""
     folder = Path(folder)
     weight_files(folder)  # fails early, with the folder's name, when there are no weights
@@ -214,7 +218,7 @@ def read_checkpoint(folder: str | os.PathLike, step: int | None = None) -> Check
     return Checkpoint(path=folder, step=step, epoch=epoch, metrics=metrics)
 
 
-def list_checkpoints(folder: str | os.PathLike) -> list[Checkpoint]:
+def list_checkpoints(folder: str | os.PathLike[str]) -> list[Checkpoint]:
     """The `checkpoint-<step>` folders under `folder`, ordered by step."""
     folder = Path(folder)
     if not folder.is_dir():

@@ -13,9 +13,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import AsyncGenerator, Iterable
-from typing import Any
+from typing import TYPE_CHECKING
 
+from zarr.abc.store import Store
 from zarr.storage import WrapperStore
+
+if TYPE_CHECKING:
+    from zarr.abc.store import ByteRequest
+    from zarr.core.buffer import Buffer, BufferPrototype
 
 # `<array>/c/<row>/<column chunk>`: zarr v3's default chunk key encoding, which every store
 # tinysub creates uses. Keys that do not match (metadata) are never refused.
@@ -39,15 +44,15 @@ def chunk_row(key: str) -> tuple[str, int] | None:
     return (m["array"], int(m["row"])) if m else None
 
 
-class StrictChunks(WrapperStore):
+class StrictChunks(WrapperStore[Store]):
     """Delegates everything to `store`, but a chunk that is not there raises `MissingChunk`
     unless its (array, row) is in `allowed` (a set its owner shares and adds to)."""
 
-    def __init__(self, store: Any, allowed: set[tuple[str, int]] | None = None) -> None:
+    def __init__(self, store: Store, allowed: set[tuple[str, int]] | None = None) -> None:
         super().__init__(store)
         self.allowed = allowed if allowed is not None else set()
 
-    def _with_store(self, store: Any) -> StrictChunks:
+    def _with_store(self, store: Store) -> StrictChunks:
         return type(self)(store, self.allowed)
 
     def _check(self, key: str) -> None:
@@ -55,15 +60,17 @@ class StrictChunks(WrapperStore):
         if where is not None and where not in self.allowed:
             raise MissingChunk(key, *where)
 
-    async def get(self, key: str, prototype: Any, byte_range: Any = None) -> Any:
+    async def get(
+        self, key: str, prototype: BufferPrototype, byte_range: ByteRequest | None = None
+    ) -> Buffer | None:
         value = await self._store.get(key, prototype, byte_range)
         if value is None:
             self._check(key)
         return value
 
     async def get_partial_values(
-        self, prototype: Any, key_ranges: Iterable[tuple[str, Any]]
-    ) -> list[Any]:
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]]
+    ) -> list[Buffer | None]:
         key_ranges = list(key_ranges)
         values = await self._store.get_partial_values(prototype, key_ranges)
         for (key, _), value in zip(key_ranges, values, strict=True):
@@ -71,7 +78,9 @@ class StrictChunks(WrapperStore):
                 self._check(key)
         return values
 
-    async def _get_many(self, requests: Iterable[tuple[str, Any, Any]]) -> AsyncGenerator:
+    async def _get_many(
+        self, requests: Iterable[tuple[str, BufferPrototype, ByteRequest | None]]
+    ) -> AsyncGenerator[tuple[str, Buffer | None], None]:
         async for key, value in self._store._get_many(requests):
             if value is None:
                 self._check(key)

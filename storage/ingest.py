@@ -21,15 +21,19 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from storage.arrays import check_dtype, flatten_state
 from storage.checkpoints import Checkpoint, Weights, folder_layout, list_checkpoints, weight_files
 from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, TinysubError
 from storage.layout import Group, Layout, ParamSpec, build_layout
 from storage.trajectory import DEFAULT_CHUNK_COLS, TrajectoryStore, encode_row
+
+if TYPE_CHECKING:
+    from storage.callback import TrajectoryCallback
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +51,7 @@ class IngestReport:
     layout_hash: str
     seconds: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
@@ -59,7 +63,7 @@ class StoreOptions:
     revision: str | None = None
     dtype: str = "float32"
     chunk_cols: int = DEFAULT_CHUNK_COLS
-    storage_options: dict | None = None
+    storage_options: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         # Checked before any input is read, not when the store is finally created.
@@ -73,7 +77,7 @@ class _Row:
     """One row to ingest: where it comes from, its metadata, and how to load it."""
 
     name: str  # for messages: the checkpoint folder or `<file>[i]`
-    load: Callable[[], dict[str, np.ndarray]]  # group -> flat float32 vector
+    load: Callable[[], dict[str, npt.NDArray[Any]]]  # group -> flat float32 vector
     step: int | None = None
     epoch: float | None = None
     metrics: dict[str, float] | None = None
@@ -90,7 +94,7 @@ def _named(name: str) -> Iterator[None]:
         raise type(exc)(f"{name}: {exc}", detail=exc.detail) from exc
 
 
-def _existing(url: str | os.PathLike, options: StoreOptions) -> TrajectoryStore | None:
+def _existing(url: str | os.PathLike[str], options: StoreOptions) -> TrajectoryStore | None:
     if not TrajectoryStore.exists(url, options.storage_options):
         return None
     store = TrajectoryStore.open(url, read_only=False, storage_options=options.storage_options)
@@ -102,7 +106,7 @@ def _existing(url: str | os.PathLike, options: StoreOptions) -> TrajectoryStore 
 
 
 def _ingest(
-    url: str | os.PathLike,
+    url: str | os.PathLike[str],
     rows: Sequence[_Row],
     layout: Layout,
     store: TrajectoryStore | None,
@@ -170,7 +174,7 @@ def _ingest(
 
 # ---------------------------------------------------------------------------- checkpoints
 def _checkpoint_row(ckpt: Checkpoint, layout: Layout) -> _Row:
-    def load() -> dict[str, np.ndarray]:
+    def load() -> dict[str, npt.NDArray[Any]]:
         with Weights(ckpt.path) as weights:
             return flatten_state(weights, layout, weights.shapes, what=str(ckpt.path))
 
@@ -190,10 +194,10 @@ def _check_rule(store: TrajectoryStore, folder: Path, rule: str) -> None:
 
 
 def ingest_checkpoints(
-    url: str | os.PathLike,
-    folder: str | os.PathLike,
+    url: str | os.PathLike[str],
+    folder: str | os.PathLike[str],
     *,
-    base: str | os.PathLike | None = None,
+    base: str | os.PathLike[str] | None = None,
     first_is_theta0: bool = False,
     rule: str = "auto",
     options: StoreOptions | None = None,
@@ -252,8 +256,8 @@ def flat_layout(sizes: Mapping[str, int]) -> Layout:
 
 
 def load_arrays(
-    path: str | os.PathLike,
-) -> tuple[dict[str, np.ndarray], np.ndarray | None, np.ndarray | None]:
+    path: str | os.PathLike[str],
+) -> tuple[dict[str, npt.NDArray[Any]], npt.NDArray[Any] | None, npt.NDArray[Any] | None]:
     """Arrays (t, D) per group from a `.npz` file, a `.npy` file or a folder of `.npy` files.
 
     A `.npy` file is named after its group (`layer.0.npy`) and memory-mapped, so ingesting it
@@ -278,7 +282,7 @@ def load_arrays(
         found = {k: npz for k in npz.files}
     else:
         raise InvalidInput(f"{path} is not a .npy or .npz file, nor a folder of .npy files")
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, npt.NDArray[Any]] = {}
     for name, source in found.items():
         try:
             arrays[name] = (
@@ -293,12 +297,12 @@ def load_arrays(
 
 
 def ingest_arrays(
-    url: str | os.PathLike,
-    arrays: Mapping[str, Any] | str | os.PathLike,
+    url: str | os.PathLike[str],
+    arrays: Mapping[str, Any] | str | os.PathLike[str],
     *,
     layout: Layout | None = None,
-    steps: Sequence[int] | None = None,
-    epochs: Sequence[float] | None = None,
+    steps: Sequence[int] | npt.NDArray[Any] | None = None,
+    epochs: Sequence[float] | npt.NDArray[Any] | None = None,
     options: StoreOptions | None = None,
     verify_existing: bool = True,
     preflight: bool = True,
@@ -364,7 +368,7 @@ def ingest_arrays(
     )
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> type[TrajectoryCallback]:
     # `from storage.ingest import TrajectoryCallback` without importing transformers eagerly.
     if name == "TrajectoryCallback":
         from storage.callback import TrajectoryCallback

@@ -17,8 +17,12 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from storage.errors import InvalidInput, LayoutMismatch
+
+if TYPE_CHECKING:
+    import torch
 
 # Each rule is a regex whose first capture group is the layer index; the text before the match
 # (the model class prefix such as `bert.` or `transformer.`) is ignored.
@@ -48,7 +52,7 @@ class ParamSpec:
     def numel(self) -> int:
         return math.prod(self.shape)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "offset": self.offset}
 
 
@@ -68,7 +72,7 @@ class Group:
         pre = self.prefix if prefix is None else prefix
         return [pre + p.name for p in self.params]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "prefix": self.prefix,
@@ -104,11 +108,11 @@ class Layout:
     def total_size(self) -> int:
         return sum(g.size for g in self.groups)
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "hash": self.hash, "groups": [g.to_dict() for g in self.groups]}
 
     @classmethod
-    def from_dict(cls, data: Mapping) -> Layout:
+    def from_dict(cls, data: Mapping[str, Any]) -> Layout:
         groups = tuple(
             Group(
                 name=g["name"],
@@ -294,14 +298,14 @@ def _dotted_common_prefix(names: list[str]) -> str:
     return common[: common.rfind(".") + 1]
 
 
-def _natural_key(name: str) -> tuple:
+def _natural_key(name: str) -> tuple[tuple[int, int, str], ...]:
     # layer.2 sorts before layer.10
     return tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", name))
 
 
-def layout_from_state_dict(state: Mapping[str, object], rule: str = "auto") -> Layout:
+def layout_from_state_dict(state: Mapping[str, Any], rule: str = "auto") -> Layout:
     """Build a layout from a state dict (torch tensors or numpy arrays), skipping non-floats."""
-    shapes = []
+    shapes: list[tuple[str, tuple[int, ...]]] = []
     for name, value in state.items():
         # Integer buffers such as position_ids are not weights.
         if "float" in str(getattr(value, "dtype", "")):
@@ -309,6 +313,6 @@ def layout_from_state_dict(state: Mapping[str, object], rule: str = "auto") -> L
     return build_layout(shapes, rule)
 
 
-def layout_from_model(model, rule: str = "auto") -> Layout:
+def layout_from_model(model: torch.nn.Module, rule: str = "auto") -> Layout:
     """Build a layout from a torch module's named parameters (buffers are not trained)."""
     return build_layout([(n, tuple(p.shape)) for n, p in model.named_parameters()], rule)

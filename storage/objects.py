@@ -29,12 +29,15 @@ import uuid
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from storage.errors import NotFound, StorageError, storage_error
+
+if TYPE_CHECKING:
+    from zarr.abc.store import Store
 
 
 @dataclass
@@ -46,10 +49,11 @@ class Location:
 
     @classmethod
     def from_url(
-        cls, url: str | os.PathLike, storage_options: dict[str, Any] | None = None
+        cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
     ) -> Location:
         url = os.fspath(url)
         opts = dict(storage_options or {})
+        root: str  # fsspec is untyped: url_to_fs gives (filesystem, path)
         fs, root = fsspec.core.url_to_fs(url, **opts)
         if isinstance(fs, LocalFileSystem):
             root = os.path.abspath(root)
@@ -71,11 +75,11 @@ class Location:
         )
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.exists(self._fresh(self.path(*parts)))
+        return cast(bool, self.fs.exists(self._fresh(self.path(*parts))))
 
     def read_bytes(self, *parts: str) -> bytes:
         try:
-            return self.fs.cat_file(self.path(*parts))
+            return cast(bytes, self.fs.cat_file(self.path(*parts)))
         except FileNotFoundError as exc:
             raise NotFound(f"{self.path(*parts)} does not exist") from exc
 
@@ -231,7 +235,7 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def zarr_store(loc: Location, *, read_only: bool = False):
+def zarr_store(loc: Location, *, read_only: bool = False) -> Store:
     """A zarr v3 store for a location (LocalStore for paths, FsspecStore for URLs)."""
     from zarr.storage import FsspecStore, LocalStore
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
+import numpy.typing as npt
 
 from storage.arrays import check_row, digest, encode
 from storage.layout import Layout
@@ -28,7 +28,7 @@ class RowInfo:
     sha256: dict[str, str] = field(default_factory=dict)
     written_at: float = 0.0
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             "index": self.index,
             "step": self.step,
@@ -39,7 +39,7 @@ class RowInfo:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping) -> RowInfo:
+    def from_dict(cls, d: Mapping[str, Any]) -> RowInfo:
         return cls(
             index=int(d["index"]),
             step=d.get("step"),
@@ -52,7 +52,7 @@ class RowInfo:
 
 def encode_row(
     vectors: Mapping[str, Any], layout: Layout, dtype: str
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+) -> tuple[dict[str, npt.NDArray[Any]], dict[str, str]]:
     """Validate one row and encode it for storage: (group -> stored array, group -> sha256).
 
     This is every check a write makes (groups, sizes, finite values, dtype range), so an

@@ -29,10 +29,11 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from storage.arrays import STORAGE_DTYPES, check_dtype, decode, digest, encode
 from storage.chunks import MissingChunk, StrictChunks
@@ -51,6 +52,12 @@ from storage.objects import Location, zarr_store
 from storage.row_index import RowIndex
 from storage.rows import ROWS_DIR, RowInfo, encode_row, row_key
 
+if TYPE_CHECKING:
+    from _hashlib import HASH
+
+    from zarr import Group
+    from zarr.types import AnyArray
+
 FORMAT = "tinysub.trajectory/1"
 MANIFEST = "tinysub.json"
 DEFAULT_CHUNK_COLS = 1 << 16  # 256 KiB of float32 per chunk: see docs/architecture.md
@@ -63,13 +70,13 @@ log = logging.getLogger(__name__)
 class TrajectoryStore:
     """Checkpoint rows of one task, grouped per layer. Open with `create()` or `open()`."""
 
-    def __init__(self, loc: Location, manifest: dict, *, read_only: bool) -> None:
+    def __init__(self, loc: Location, manifest: dict[str, Any], *, read_only: bool) -> None:
         self.loc = loc
         self.manifest = manifest
         self.read_only = read_only
         self.layout = Layout.from_dict(manifest["layout"])
-        self._root = None
-        self._arrays: dict[str, Any] = {}
+        self._root: Group | None = None
+        self._arrays: dict[str, AnyArray] = {}
         # (group, row) of committed rows whose missing chunks the row's sha256 showed to be
         # zeros zarr never stored; shared with the StrictChunks of every root opened.
         self._zero_chunks: set[tuple[str, int]] = set()
@@ -79,7 +86,7 @@ class TrajectoryStore:
     @classmethod
     def create(
         cls,
-        url: str | os.PathLike,
+        url: str | os.PathLike[str],
         layout: Layout,
         *,
         model_name: str = "",
@@ -87,9 +94,9 @@ class TrajectoryStore:
         dtype: str = "float32",
         chunk_cols: int = DEFAULT_CHUNK_COLS,
         capacity: int = DEFAULT_CAPACITY,
-        storage_options: dict | None = None,
+        storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
-        attrs: dict | None = None,
+        attrs: dict[str, Any] | None = None,
     ) -> TrajectoryStore:
         import zarr
         from zarr.codecs import BytesCodec, Crc32cCodec
@@ -150,7 +157,11 @@ class TrajectoryStore:
 
     @classmethod
     def open(
-        cls, url: str | os.PathLike, *, read_only: bool = True, storage_options: dict | None = None
+        cls,
+        url: str | os.PathLike[str],
+        *,
+        read_only: bool = True,
+        storage_options: dict[str, Any] | None = None,
     ) -> TrajectoryStore:
         loc = Location.from_url(url, storage_options)
         if not loc.exists(MANIFEST):
@@ -161,7 +172,9 @@ class TrajectoryStore:
         return cls(loc, manifest, read_only=read_only)
 
     @classmethod
-    def exists(cls, url: str | os.PathLike, storage_options: dict | None = None) -> bool:
+    def exists(
+        cls, url: str | os.PathLike[str], storage_options: dict[str, Any] | None = None
+    ) -> bool:
         return Location.from_url(url, storage_options).exists(MANIFEST)
 
     # ------------------------------------------------------------------------- properties
@@ -171,7 +184,7 @@ class TrajectoryStore:
 
     @property
     def dtype(self) -> str:
-        return self.manifest["dtype"]
+        return cast(str, self.manifest["dtype"])
 
     @property
     def chunk_cols(self) -> int:
@@ -179,11 +192,11 @@ class TrajectoryStore:
 
     @property
     def model_name(self) -> str:
-        return self.manifest.get("model_name", "")
+        return cast(str, self.manifest.get("model_name", ""))
 
     @property
     def revision(self) -> str | None:
-        return self.manifest.get("revision")
+        return cast("str | None", self.manifest.get("revision"))
 
     @property
     def num_rows(self) -> int:
@@ -211,7 +224,7 @@ class TrajectoryStore:
     def created_at(self) -> float | None:
         """When the store was created: with the URL, the identity of this store (a store
         deleted and created again at the same URL is another store)."""
-        return self.manifest.get("created_at")
+        return cast("float | None", self.manifest.get("created_at"))
 
     def refresh(self) -> None:
         """Re-read the row index (another process may have appended rows).
@@ -246,7 +259,7 @@ class TrajectoryStore:
         # interrupted write, and rows after a gap were never acknowledged to anyone.
         return RowIndex.load(self.loc)
 
-    def _array(self, group: str):
+    def _array(self, group: str) -> AnyArray:
         if group not in self._arrays:
             import zarr
 
@@ -258,7 +271,8 @@ class TrajectoryStore:
                         StrictChunks(store, self._zero_chunks),
                         mode="r" if self.read_only else "r+",
                     )
-                self._arrays[group] = self._root[group]
+                # Every name the layout has is an array of the root (create() made them so).
+                self._arrays[group] = cast("AnyArray", self._root[group])
             except (KeyError, FileNotFoundError) as exc:
                 raise NotFound(
                     f"the trajectory store at {self.url} has no array {group!r}: "
@@ -266,7 +280,7 @@ class TrajectoryStore:
                 ) from exc
         return self._arrays[group]
 
-    def _lenient_array(self, group: str):
+    def _lenient_array(self, group: str) -> AnyArray:
         """The array as zarr reads it by default (a missing chunk is the fill value): for
         hashing whole rows, where the sha256 itself tells zeros that were never stored from
         lost data."""
@@ -330,7 +344,7 @@ class TrajectoryStore:
     def write_row_blocks(
         self,
         index: int,
-        read: Callable[[str, int, int], np.ndarray],
+        read: Callable[[str, int, int], npt.NDArray[Any]],
         *,
         step: int | None = None,
         epoch: float | None = None,
@@ -370,7 +384,9 @@ class TrajectoryStore:
             raise storage_error(f"writing row {index} to {self.url} failed", exc) from exc
         return self._commit_marker(index, step, epoch, metrics, sums)
 
-    def _row_blocks(self, read: Callable[[str, int, int], np.ndarray]):
+    def _row_blocks(
+        self, read: Callable[[str, int, int], npt.NDArray[Any]]
+    ) -> Iterator[tuple[str, int, int, npt.NDArray[Any], HASH]]:
         """(group, start, stop, encoded block, the group's running sha256) for every block of
         a row, in the layout's order; every block is validated as `encode_row` would."""
         step = max(1, ROW_BLOCK_VALUES // self.chunk_cols) * self.chunk_cols
@@ -389,10 +405,10 @@ class TrajectoryStore:
                         f"group {group.name!r} has {bad} NaN or Inf values in [{start}, {stop})"
                     )
                 encoded = encode(block, self.dtype)
-                h.update(memoryview(np.ascontiguousarray(encoded)).cast("B"))
+                h.update(np.ascontiguousarray(encoded).data.cast("B"))
                 yield group.name, start, stop, encoded, h
 
-    def _row_sums(self, read: Callable[[str, int, int], np.ndarray]) -> dict[str, str]:
+    def _row_sums(self, read: Callable[[str, int, int], npt.NDArray[Any]]) -> dict[str, str]:
         sums = {}
         for g, _, stop, _, h in self._row_blocks(read):
             if stop == self.layout.group(g).size:
@@ -476,7 +492,7 @@ class TrajectoryStore:
                 arr.resize((max(rows, 2 * arr.shape[0]), group.size))
 
     # ---------------------------------------------------------------------------- reading
-    def _check_rows(self, rows: Sequence[int] | None) -> np.ndarray:
+    def _check_rows(self, rows: Sequence[int] | None) -> npt.NDArray[Any]:
         if rows is None:
             return np.arange(self.num_rows)
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
@@ -488,7 +504,7 @@ class TrajectoryStore:
 
     def read_block(
         self, group: str, start: int = 0, stop: int | None = None, rows: Sequence[int] | None = None
-    ) -> np.ndarray:
+    ) -> npt.NDArray[np.float32]:
         """Committed rows (all, or the given indices) of columns [start, stop) as float32."""
         size = self.layout.group(group).size
         stop = size if stop is None else stop
@@ -508,7 +524,9 @@ class TrajectoryStore:
         self._check_still_there()
         return decode(np.asarray(raw), self.dtype)
 
-    def _read_committed(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def _read_committed(
+        self, group: str, idx: npt.NDArray[Any], start: int, stop: int
+    ) -> npt.NDArray[Any]:
         """The stored values, every missing chunk accounted for: each round either reads or
         vouches for one more row's missing chunks (or raises), so it ends."""
         while True:
@@ -517,7 +535,9 @@ class TrajectoryStore:
             except MissingChunk as exc:
                 self._explain_missing(exc)
 
-    def _read_fresh(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def _read_fresh(
+        self, group: str, idx: npt.NDArray[Any], start: int, stop: int
+    ) -> npt.NDArray[Any]:
         try:
             return self._read(group, idx, start, stop)
         except IndexError:
@@ -551,7 +571,7 @@ class TrajectoryStore:
             return None
 
     def _corrupt(
-        self, group: str, idx: np.ndarray, start: int, stop: int, exc: Exception
+        self, group: str, idx: npt.NDArray[Any], start: int, stop: int, exc: Exception
     ) -> StorageError:
         """The error for a failed read, naming the rows whose chunks fail (found by reading
         them one by one: only ever on this error path)."""
@@ -568,18 +588,20 @@ class TrajectoryStore:
             detail={"store": self.url, "group": group, "rows": bad, "columns": [start, stop]},
         )
 
-    def _read(self, group: str, idx: np.ndarray, start: int, stop: int) -> np.ndarray:
+    def _read(self, group: str, idx: npt.NDArray[Any], start: int, stop: int) -> npt.NDArray[Any]:
         arr = self._array(group)
         if idx.size and np.array_equal(idx, np.arange(idx[0], idx[-1] + 1)):
-            raw = arr[int(idx[0]) : int(idx[-1]) + 1, start:stop]
+            selected = arr[int(idx[0]) : int(idx[-1]) + 1, start:stop]
         else:
-            raw = arr.get_orthogonal_selection((idx, slice(start, stop)))
+            selected = arr.get_orthogonal_selection((idx, slice(start, stop)))
+        # A 2-d selection (zarr's default buffers are in host memory) is a 2-d numpy array.
+        raw = cast("npt.NDArray[Any]", selected)
         if raw.shape[0] != idx.size:  # a slice past a stale shape is clipped, not refused
             raise IndexError(f"read {raw.shape[0]} rows of {idx.size} from {group!r}")
         return raw
 
-    def read_row(self, index: int, group: str) -> np.ndarray:
-        return self.read_block(group, rows=[index])[0]
+    def read_row(self, index: int, group: str) -> npt.NDArray[np.float32]:
+        return cast("npt.NDArray[np.float32]", self.read_block(group, rows=[index])[0])
 
     def column_ranges(self, group: str, block_cols: int | None = None) -> list[tuple[int, int]]:
         """Column blocks of a group aligned to the chunk grid (whole chunks per block)."""
@@ -607,7 +629,7 @@ class TrajectoryStore:
                     problems.append(f"row {info.index} {group}: sha256 mismatch")
         return problems
 
-    def summary(self) -> dict:
+    def summary(self) -> dict[str, Any]:
         return {
             "url": self.url,
             "model_name": self.model_name,
