@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -35,13 +35,16 @@ from storage.layout import layout_from_model
 from worker.finetune import diagnostics, outliers
 from worker.finetune.causal import generate
 from worker.finetune.config import SubspaceConfig
-from worker.finetune.data import CAUSAL_LM, load_task
+from worker.finetune.data import CAUSAL_LM, Examples, Task, load_task
 from worker.finetune.methods import BASIS_KIND, METHODS, prepare
-from worker.finetune.models import load_model
+from worker.finetune.models import LoadedModel, load_model
 from worker.finetune.outlier_controls import CONTROL_MODES, control_masks
 from worker.finetune.reparam import SubspaceModel, parameter_parts
 from worker.finetune.sources import BasisSource, RegistryBasisSource, StoreBasisSource
-from worker.finetune.train import TrainConfig, seed_everything, train
+from worker.finetune.train import TrainConfig, TrainResult, seed_everything, train
+
+if TYPE_CHECKING:
+    from storage.layout import Layout
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,41 @@ def _recorder(spec: RunSpec, model, layout, model_name: str):
 def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run one fine-tuning job and return its record (also written to spec.out/run.json)."""
     started = time.time()
+    task, curve_examples = _load_run_task(spec)
+    source = open_source(spec)
+    loaded, layout, model = _prepare_model(spec, task, source)
+    hold_zero, held_info = _hold_zero_masks(spec, layout)
+    on_step, store = None, None
+    if spec.record_trajectory:
+        store, on_step = _recorder(spec, model, layout, loaded.name)
+    result = train(
+        model,
+        loaded.tokenizer,
+        task,
+        spec.train,
+        theta_lr=spec.subspace.theta_lr,
+        hold_zero=hold_zero,
+        on_step=on_step,
+        progress=progress,
+        head=_head_parameters(loaded.model, layout),
+        curve_examples=curve_examples,
+    )
+    record = _build_record(spec, task, loaded, layout, result, held_info, store, started)
+    _add_model_details(record, spec, task, model, loaded.tokenizer)
+    if spec.registry:
+        record["registry_run"] = post_run(spec, record, source)
+    if spec.out:
+        _write_outputs(spec, record, model, loaded, layout)
+    return record
+
+
+def _load_run_task(spec: RunSpec) -> tuple[Task, Examples | None]:
+    """The spec's task and the held-out split of its learning curve.
+
+    Learning curves are drawn on the tuning split where there is one, so dev stays unseen; with
+    eval_split="tune" the run is also scored there (task.dev is the tuning split), so the
+    reported dev split never sees this run.
+    """
     task = load_task(
         spec.task,
         split_seed=spec.split_seed,
@@ -187,12 +225,16 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         prompt_column=spec.prompt_column,
         response_column=spec.response_column,
     )
-    # Learning curves are drawn on the tuning split where there is one: dev stays unseen.
     curve_examples = task.tune
     if spec.eval_split == "tune":
-        # Scored on the tuning split: the reported dev split never sees this run.
         task = dataclasses.replace(task, dev=task.tune)
-    source = open_source(spec)
+    return task, curve_examples
+
+
+def _prepare_model(
+    spec: RunSpec, task: Task, source: BasisSource | None
+) -> tuple[LoadedModel, Layout, torch.nn.Module]:
+    """Load the base model and re-parameterize it for spec.method: (loaded, layout, model)."""
     # The head is initialized from the global RNG: the same seed gives every method the same.
     seed_everything(spec.train.seed)
     texts = task.train.texts
@@ -203,34 +245,45 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
     model = prepare(
         spec.method, loaded.model, spec.subspace, source=source, task=task.name, layout=layout
     )
-    hold_zero, held_info = None, None
-    if spec.hold_zero_from:
-        arrays = outliers.load_arrays(spec.hold_zero_from)
-        positions = {layer: a["indices"] for layer, a in arrays.items()}
-        hold_zero = control_masks(layout, positions, mode=spec.hold_zero_mode, seed=spec.train.seed)
-        held_info = {
-            "from": spec.hold_zero_from,
-            "mode": spec.hold_zero_mode,
-            "count": int(sum(m.sum() for m in hold_zero.values())),
-        }
-    on_step, store = None, None
-    if spec.record_trajectory:
-        store, on_step = _recorder(spec, model, layout, loaded.name)
-    parts = parameter_parts(loaded.model, layout)
-    head = [loaded.model.get_parameter(n) for n, part in parts.items() if part == "head"]
-    result = train(
-        model,
-        loaded.tokenizer,
-        task,
-        spec.train,
-        theta_lr=spec.subspace.theta_lr,
-        hold_zero=hold_zero,
-        on_step=on_step,
-        progress=progress,
-        head=head,
-        curve_examples=curve_examples,
-    )
-    record: dict[str, Any] = {
+    return loaded, layout, model
+
+
+def _hold_zero_masks(
+    spec: RunSpec, layout: Layout
+) -> tuple[dict[str, torch.Tensor] | None, dict[str, Any] | None]:
+    """The weights held at zero (spec.hold_zero_from's outliers, or a control of the same
+    size) and what run.json says of them; (None, None) when nothing is held."""
+    if not spec.hold_zero_from:
+        return None, None
+    arrays = outliers.load_arrays(spec.hold_zero_from)
+    positions = {layer: a["indices"] for layer, a in arrays.items()}
+    hold_zero = control_masks(layout, positions, mode=spec.hold_zero_mode, seed=spec.train.seed)
+    held_info = {
+        "from": spec.hold_zero_from,
+        "mode": spec.hold_zero_mode,
+        "count": int(sum(m.sum() for m in hold_zero.values())),
+    }
+    return hold_zero, held_info
+
+
+def _head_parameters(base: torch.nn.Module, layout: Layout) -> list[torch.nn.Parameter]:
+    """The base model's head (pooler, classifier): trained at its own head_lr."""
+    parts = parameter_parts(base, layout)
+    return [base.get_parameter(n) for n, part in parts.items() if part == "head"]
+
+
+def _build_record(
+    spec: RunSpec,
+    task: Task,
+    loaded: LoadedModel,
+    layout: Layout,
+    result: TrainResult,
+    held_info: dict[str, Any] | None,
+    store: Any,
+    started: float,
+) -> dict[str, Any]:
+    """run.json's fields common to every method (the key order is run.json's)."""
+    return {
         "format": RUN_FORMAT,
         "task": task.name,
         "method": spec.method,
@@ -249,19 +302,21 @@ def run(spec: RunSpec, progress: Callable[[str, int, int], None] | None = None) 
         "started_at": started,
         "seconds": time.time() - started,
     }
+
+
+def _add_model_details(
+    record: dict[str, Any], spec: RunSpec, task: Task, model: torch.nn.Module, tokenizer: Any
+) -> None:
+    """Add what depends on the kind of run: a causal LM's sample continuations, a subspace
+    run's rank, basis reference and theta summary (how far the run went)."""
     if task.problem == CAUSAL_LM:
-        record["samples"] = _samples(model, loaded.tokenizer, task.dev)
+        record["samples"] = _samples(model, tokenizer, task.dev)
     if isinstance(model, SubspaceModel):
         record["rank"] = next(iter(model.subspace_theta.values())).shape[1]
         record["basis"] = model.subspace_reference
         record["subspace"] = spec.subspace.to_dict()
         # |theta_k|, each coordinate's size and |V theta| per layer: how far the run went.
         record["theta"] = diagnostics.theta_summary(model)
-    if spec.registry:
-        record["registry_run"] = post_run(spec, record, source)
-    if spec.out:
-        _write_outputs(spec, record, model, loaded, layout)
-    return record
 
 
 def _samples(model, tokenizer, examples, n: int = SAMPLES) -> list[dict[str, str]]:

@@ -16,7 +16,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -244,6 +244,185 @@ def evaluate(
     )
 
 
+@dataclass(frozen=True)
+class StepBudget:
+    """How many optimizer steps a run takes, how many make an epoch (on_step reports the
+    epoch as step / per_epoch) and how many of them warm the learning rate up."""
+
+    per_epoch: int
+    total: int
+    warmup: int
+
+    @classmethod
+    def of(cls, n: int, cfg: TrainConfig) -> StepBudget:
+        """The budget of `n` training examples: cfg.max_steps when set, else cfg.epochs."""
+        per_epoch = math.ceil(n / cfg.batch_size)
+        total = cfg.max_steps or cfg.epochs * per_epoch
+        return cls(per_epoch=per_epoch, total=total, warmup=int(cfg.warmup_ratio * total))
+
+
+def linear_schedule(total: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor of each step: linear warmup, then linear decay to 0 (the
+    Transformers default the paper used)."""
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return schedule
+
+
+@dataclass
+class Updater:
+    """One optimizer update after a batch's loss: gradients, clipping, the AdamW step, the
+    schedule's step, and the held weights zeroed again (so no optimizer state moves them)."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[nn.Parameter]
+    max_grad_norm: float | None
+    held: HeldZero | None = None
+
+    def apply(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.held is not None:
+            self.held.apply()
+
+    def release(self) -> None:
+        """Drop the gradient hooks of the held weights: the model outlives the run."""
+        if self.held is not None:
+            self.held.remove()
+
+
+def build_updater(
+    model: nn.Module,
+    cfg: TrainConfig,
+    budget: StepBudget,
+    *,
+    theta_lr: float,
+    head: Iterable[nn.Parameter] = (),
+    hold_zero: Mapping[str, torch.Tensor] | None = None,
+) -> Updater:
+    """AdamW over `param_groups` (theta, head, base: their order fixes the optimizer's) with
+    the linear schedule; `hold_zero` weights are zeroed now and after every update."""
+    groups = param_groups(
+        model, cfg.lr, theta_lr, cfg.weight_decay, head_lr=cfg.head_lr, head=list(head)
+    )
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, linear_schedule(budget.total, budget.warmup)
+    )
+    held = HeldZero(model, hold_zero) if hold_zero else None
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return Updater(optimizer, scheduler, trainable, cfg.max_grad_norm, held)
+
+
+def batch_order(
+    n: int, batch_size: int, total: int, generator: torch.Generator
+) -> Iterator[list[int]]:
+    """The example indices of `total` batches: a fresh permutation of the `n` examples (from
+    `generator`, so the seed fixes the data order) each epoch, the last epoch cut short."""
+    done = 0
+    while done < total:
+        perm = torch.randperm(n, generator=generator).tolist()
+        for a in range(0, n, batch_size):
+            if done >= total:
+                break
+            yield perm[a : a + batch_size]
+            done += 1
+
+
+def batch_loss(
+    model: nn.Module,
+    tokenizer,
+    task: Task,
+    idx: list[int],
+    cfg: TrainConfig,
+    device: torch.device,
+) -> torch.Tensor:
+    """The training loss of the examples `idx`: next-token loss for a causal-LM task (the
+    labels are the tokens themselves, prompts masked), else the loss against the labels."""
+    if task.problem == CAUSAL_LM:
+        return model(**lm_batch(tokenizer, task.train, idx, cfg.max_length, device)).loss
+    labels_dtype = torch.float32 if task.problem == "regression" else torch.long
+    batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
+    labels = torch.as_tensor(task.train.labels[idx], dtype=labels_dtype, device=device)
+    return model(**batch, labels=labels).loss
+
+
+def finite_loss(loss: torch.Tensor, step: int) -> float:
+    """The loss as a float; a diverged run stops here rather than training on NaNs."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise InvalidInput(f"the loss became {value} at step {step}; lower the learning rates")
+    return value
+
+
+class LearningCurve:
+    """Held-out scores at step 0 and every cfg.eval_every steps (and the last step). Their
+    time is kept apart: learning-curve evaluations are not training time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        task: Task,
+        cfg: TrainConfig,
+        examples: Examples | None = None,
+    ) -> None:
+        self.model, self.tokenizer, self.task, self.cfg = model, tokenizer, task, cfg
+        self.held_out = examples if examples is not None else task.dev
+        self.points: list[dict] = []
+        self.seconds = 0.0
+
+    def due(self, step: int, total: int) -> bool:
+        every = self.cfg.eval_every
+        return bool(every) and (step % every == 0 or step == total)
+
+    def point(self, at: int) -> None:
+        e0 = time.perf_counter()
+        scores = evaluate(self.model, self.tokenizer, self.task, self.cfg, self.held_out)
+        self.points.append({"step": at, **scores})
+        self.seconds += time.perf_counter() - e0
+
+
+def train_steps(
+    model: nn.Module,
+    tokenizer,
+    task: Task,
+    cfg: TrainConfig,
+    device: torch.device,
+    updater: Updater,
+    budget: StepBudget,
+    curve: LearningCurve,
+    on_step: Callable[[int, float, float], None] | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[float]:
+    """Run the budget's optimizer steps and return every step's loss, calling on_step and
+    progress after each step and adding the learning curve's points when they are due."""
+    order = torch.Generator().manual_seed(cfg.seed)
+    losses: list[float] = []
+    batches = batch_order(len(task.train), cfg.batch_size, budget.total, order)
+    for step, idx in enumerate(batches, start=1):
+        loss = batch_loss(model, tokenizer, task, idx, cfg, device)
+        updater.apply(loss)
+        value = finite_loss(loss, step)
+        losses.append(value)
+        if on_step is not None:
+            on_step(step, step / budget.per_epoch, value)
+        if progress is not None:
+            progress("train", step, budget.total)
+        if curve.due(step, budget.total):
+            curve.point(step)
+    return losses
+
+
 def train(
     model: nn.Module,
     tokenizer,
@@ -272,92 +451,28 @@ def train(
     seed_everything(cfg.seed)
     model.to(device)
     model.train()
-    n = len(task.train)
-    per_epoch = math.ceil(n / cfg.batch_size)
-    total = cfg.max_steps or cfg.epochs * per_epoch
-    groups = param_groups(
-        model, cfg.lr, theta_lr, cfg.weight_decay, head_lr=cfg.head_lr, head=list(head)
-    )
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
-    warmup = int(cfg.warmup_ratio * total)
-
-    def schedule(step: int) -> float:  # linear warmup, then linear decay to 0 (HF default)
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    held = HeldZero(model, hold_zero) if hold_zero else None
-    order_gen = torch.Generator().manual_seed(cfg.seed)
-    labels_dtype = torch.float32 if task.problem == "regression" else torch.long
-    causal = task.problem == CAUSAL_LM
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    losses: list[float] = []
-    curve: list[dict] = []
-    held_out = curve_examples if curve_examples is not None else task.dev
-    eval_time = 0.0
-
-    def point(at: int) -> None:
-        nonlocal eval_time
-        e0 = time.perf_counter()
-        curve.append({"step": at, **evaluate(model, tokenizer, task, cfg, held_out)})
-        eval_time += time.perf_counter() - e0
-
+    budget = StepBudget.of(len(task.train), cfg)
+    updater = build_updater(model, cfg, budget, theta_lr=theta_lr, head=head, hold_zero=hold_zero)
+    curve = LearningCurve(model, tokenizer, task, cfg, curve_examples)
     if cfg.eval_every:
-        point(0)
+        curve.point(0)
     t0 = time.perf_counter()
-    step = 0
     try:
-        while step < total:
-            perm = torch.randperm(n, generator=order_gen).tolist()
-            for a in range(0, n, cfg.batch_size):
-                if step >= total:
-                    break
-                idx = perm[a : a + cfg.batch_size]
-                if causal:  # the labels are the tokens themselves (prompts masked)
-                    loss = model(
-                        **lm_batch(tokenizer, task.train, idx, cfg.max_length, device)
-                    ).loss
-                else:
-                    batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
-                    labels = torch.as_tensor(
-                        task.train.labels[idx], dtype=labels_dtype, device=device
-                    )
-                    loss = model(**batch, labels=labels).loss
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if cfg.max_grad_norm:
-                    torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                if held is not None:
-                    held.apply()
-                step += 1
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise InvalidInput(
-                        f"the loss became {value} at step {step}; lower the learning rates"
-                    )
-                losses.append(value)
-                if on_step is not None:
-                    on_step(step, step / per_epoch, value)
-                if progress is not None:
-                    progress("train", step, total)
-                if cfg.eval_every and (step % cfg.eval_every == 0 or step == total):
-                    point(step)
+        losses = train_steps(
+            model, tokenizer, task, cfg, device, updater, budget, curve, on_step, progress
+        )
     finally:
-        if held is not None:
-            held.remove()
+        updater.release()
     # Learning-curve evaluations are not training time.
-    seconds = time.perf_counter() - t0 - eval_time
+    seconds = time.perf_counter() - t0 - curve.seconds
     t1 = time.perf_counter()
     metrics = evaluate(model, tokenizer, task, cfg) if evaluate_at_end else {}
     return TrainResult(
-        steps=step,
+        steps=len(losses),
         seconds=seconds,
         losses=losses,
         metrics=metrics,
-        eval_seconds=time.perf_counter() - t1 + eval_time,
+        eval_seconds=time.perf_counter() - t1 + curve.seconds,
         trainable=count_trainable(model),
-        curve=curve,
+        curve=curve.points,
     )
