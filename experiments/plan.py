@@ -131,6 +131,10 @@ class Planner:
         curve: bool = False,
         keep_outliers: bool = False,
     ) -> Job:
+        """One run as a job: its id (which names everything that decides its number), its
+        RunSpec and the files later phases read. Long by nature: it maps the experiment's
+        settings onto the worker's RunSpec field by field, in one place, so that every table
+        builds its runs the same way."""
         cfg = self.cfg
         label = "fastfood+said" if said else method
         run_id = f"{label}/{task}/{variant}/d{dim or 0}/s{seed}"

@@ -439,24 +439,7 @@ class JobRunner:
                 )
             if spec is None:
                 return self._recompute(lease, claimed, progress)
-            store = committed(spec)
-            if store is not None:
-                problems = store.verify()
-                if problems:
-                    log.warning(
-                        "job %s: committed basis fails checks %s; recomputing", job_id, problems
-                    )
-                    store = None
-                else:
-                    progress.note("resumed")
-            if store is None:
-                progress.note("computing", attempt=attempts)
-                store = compute(
-                    spec,
-                    executor=self.executors.get(executor_name),
-                    block_cols=settings.block_cols,
-                    progress=progress,
-                )
+            store = self._committed_or_computed(job_id, spec, attempts, executor_name, progress)
             return self._finish_ready(lease, spec, store, progress)
         except LeaseLost as exc:
             # Another runner has the job now: its output directory is that runner's.
@@ -482,6 +465,31 @@ class JobRunner:
             return self._finish_failed(lease, spec, "tinysub_error", message)
         finally:
             beat.done.set()
+
+    def _committed_or_computed(
+        self,
+        job_id: int,
+        spec: BasisSpec,
+        attempts: int,
+        executor_name: str | None,
+        progress: _Progress,
+    ) -> BasisStore:
+        """The job's basis: the one an earlier attempt committed, if it passes its checks (a
+        runner that stopped after committing must not redo hours of work), else computed now."""
+        store = committed(spec)
+        if store is not None:
+            problems = store.verify()
+            if not problems:
+                progress.note("resumed")
+                return store
+            log.warning("job %s: committed basis fails checks %s; recomputing", job_id, problems)
+        progress.note("computing", attempt=attempts)
+        return compute(
+            spec,
+            executor=self.executors.get(executor_name),
+            block_cols=self.registry.settings.block_cols,
+            progress=progress,
+        )
 
     def _recompute(self, lease: Lease, claimed: _Claimed, progress: _Progress) -> str:
         """Run a recompute job (services.recompute): select and decide with a progress step

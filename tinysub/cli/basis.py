@@ -70,6 +70,7 @@ def compute(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Compute bases: the exact Gram route, or randomized SVD for long trajectories."""
+    # Long by nature: the flags in the signature, mapped onto one call of the engine.
     from worker.executors import make_executor
     from worker.svd.bases import KINDS, multitask_bases, task_basis
     from worker.svd.method import RandomizedMethod, method_from_name

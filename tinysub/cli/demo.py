@@ -22,6 +22,7 @@ def demo_cmd(
     finetune_steps: Annotated[int, typer.Option(help="Training steps of each stage-2 run.")] = 100,
 ) -> None:
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
+    # Long by nature: a typer command; its flags, then the steps they drive, top to bottom.
     import transformers
 
     from tinysub.demo import DemoConfig, run_demo

@@ -167,6 +167,8 @@ def finetune_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Fine-tune a model on a task with one method and write the run to --out."""
+    # Long by nature: a typer command declares every flag in its signature and maps them onto
+    # one RunSpec; it reads top to bottom and the work happens in worker.finetune.runner.run.
     from worker.finetune.config import SubspaceConfig
     from worker.finetune.runner import RunSpec, run
     from worker.finetune.train import TrainConfig

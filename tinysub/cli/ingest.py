@@ -99,6 +99,7 @@ def ingest_cmd(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Ingest checkpoints or arrays into a trajectory store (resumable: re-run to continue)."""
+    # Long by nature: a typer command; its flags, then the steps they drive, top to bottom.
     from storage.ingest import StoreOptions, ingest_arrays, ingest_checkpoints
 
     what = _source_kind(source, kind)

@@ -41,6 +41,7 @@ def recompute_cmd(
     The registry runs the selection as a recompute job (under --stale-only it digests every
     selected basis' inputs); this waits for that job, then prints what it queued and skipped.
     """
+    # Long by nature: a typer command; its flags, then the steps they drive, top to bottom.
     if detach and wait:
         raise typer.BadParameter("--detach and --wait exclude each other")
     with remote.open_client(url, token) as c:

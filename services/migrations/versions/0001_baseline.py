@@ -21,6 +21,7 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # Long by nature: the whole baseline schema, table by table, as one reviewable migration.
     op.create_table(
         "tasks",
         sa.Column("id", sa.String(length=64), nullable=False),
