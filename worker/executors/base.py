@@ -24,11 +24,15 @@ import operator
 import reprlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from storage.errors import TaskFailed, TinysubError
+# TaskFailed is re-exported: callers catch it from here (and from worker.executors).
+from storage.errors import TaskFailed as TaskFailed
+from storage.errors import TinysubError
 
 ProgressFn = Callable[[int], None]
+# The reduction key of map_reduce: results come back keyed by what `key` returns.
+K = TypeVar("K", bound=Hashable)
 # The variable that picks the kernels' device (cpu, cuda, auto): worker.svd.backend reads it, and
 # it is defined here, one layer down, because executors forward it to their remote workers.
 DEVICE_ENV = "TINYSUB_DEVICE"
@@ -50,10 +54,10 @@ class Executor(ABC):
         self,
         fn: Callable[[Any], Any],
         items: Sequence[Any],
-        key: Callable[[Any], Hashable],
+        key: Callable[[Any], K],
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
-    ) -> dict[Hashable, Any]:
+    ) -> dict[K, Any]:
         """Combine fn(item) per key(item) with `tree_reduce` (in item order within a key).
 
         `combine` must be associative; it need not be commutative. Subclasses run the same
@@ -72,7 +76,7 @@ class Executor(ABC):
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 
@@ -93,11 +97,9 @@ def tree_reduce(values: Sequence[Any], combine: Callable[[Any, Any], Any]) -> An
     return level[0]
 
 
-def group_indices(
-    items: Sequence[Any], key: Callable[[Any], Hashable]
-) -> dict[Hashable, list[int]]:
+def group_indices(items: Sequence[Any], key: Callable[[Any], K]) -> dict[K, list[int]]:
     """Positions of the items of each key, in item order (keys in order of first appearance)."""
-    groups: dict[Hashable, list[int]] = {}
+    groups: dict[K, list[int]] = {}
     for i, item in enumerate(items):
         groups.setdefault(key(item), []).append(i)
     return groups
@@ -114,7 +116,9 @@ def describe(item: Any) -> str:
     return reprlib.repr(item)
 
 
-def task_error(exc: BaseException, fn: Callable, item: Any, executor: str) -> BaseException:
+def task_error(
+    exc: BaseException, fn: Callable[..., Any], item: Any, executor: str
+) -> BaseException:
     """The exception to raise for a failed task: the task's own TinysubError, else TaskFailed.
 
     Either way the message says which function failed on which item, and on which executor.

@@ -11,12 +11,13 @@ from __future__ import annotations
 import logging
 import operator
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from worker.executors.base import (
     DRAIN_SECONDS,
     Executor,
+    K,
     ProgressFn,
     group_indices,
     task_error,
@@ -34,7 +35,7 @@ QUIET_SECONDS = 0.25
 _MAY_RUN = {"waiting", "ready", "constrained", "executing", "long-running", "cancelled", "resumed"}
 
 
-def _live_keys(dask_worker) -> list[str]:
+def _live_keys(dask_worker: Any) -> list[str]:
     """Run on each worker: the keys of its tasks that are running or may still start (the
     scheduler's release reaches workers after the cancel call has returned)."""
     return [str(k) for k, ts in dask_worker.state.tasks.items() if ts.state in _MAY_RUN]
@@ -83,9 +84,17 @@ class DaskExecutor(Executor):
     def _submit(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         # pure=False: equal items must still run (a retried write), and hashing large task
         # items to build keys would cost more than the tasks.
-        return self.client.map(fn, list(items), pure=False)
+        futures: list[Any] = self.client.map(fn, list(items), pure=False)
+        return futures
 
-    def _watch(self, fn, items, futures, progress: ProgressFn | None, also: list[Any]) -> None:
+    def _watch(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        futures: list[Any],
+        progress: ProgressFn | None,
+        also: list[Any],
+    ) -> None:
         """Wait for the leaf futures; raise on the first failure, cancelling the rest."""
         from dask.distributed import as_completed
 
@@ -131,22 +140,23 @@ class DaskExecutor(Executor):
             return []
         futures = self._submit(fn, items)
         self._watch(fn, items, futures, progress, [])
-        return self.client.gather(futures)
+        results: list[Any] = self.client.gather(futures)
+        return results
 
     def map_reduce(
         self,
         fn: Callable[[Any], Any],
         items: Sequence[Any],
-        key: Callable[[Any], Hashable],
+        key: Callable[[Any], K],
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
-    ) -> dict[Hashable, Any]:
+    ) -> dict[K, Any]:
         if not items:
             return {}
         futures = self._submit(fn, items)
         combines: list[Any] = []
 
-        def submit_combine(a, b):
+        def submit_combine(a: Any, b: Any) -> Any:
             combines.append(self.client.submit(combine, a, b, pure=False))
             return combines[-1]
 

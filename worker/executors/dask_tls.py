@@ -26,7 +26,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # cryptography is imported where it is used: an optional dependency
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ def dask_env(directory: str | PurePath, role: str) -> dict[str, str]:
     }
 
 
-def security(directory: str | os.PathLike, role: str = "client") -> Any:
+def security(directory: str | os.PathLike[str], role: str = "client") -> Any:
     """A `distributed.Security` for `role` from the certificates in `directory`, for callers
     that cannot set Dask's configuration (the environment does it in the containers)."""
     from distributed.security import Security
@@ -106,9 +110,9 @@ def security(directory: str | os.PathLike, role: str = "client") -> Any:
 
 
 def generate(
-    directory: str | os.PathLike,
+    directory: str | os.PathLike[str],
     *,
-    ca_dir: str | os.PathLike | None = None,
+    ca_dir: str | os.PathLike[str] | None = None,
     cert_days: int = CERT_DAYS,
     ca_days: int = CA_DAYS,
     renew_within: dt.timedelta = RENEW_WITHIN,
@@ -176,7 +180,7 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[Any, Any] | None:
     return cert, key
 
 
-def _public_der(public_key: Any) -> bytes:
+def _public_der(public_key: PublicKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return public_key.public_bytes(
@@ -184,7 +188,7 @@ def _public_der(public_key: Any) -> bytes:
     )
 
 
-def _fresh_ca(cert: Any, now: dt.datetime, renew_within: dt.timedelta) -> bool:
+def _fresh_ca(cert: x509.Certificate, now: dt.datetime, renew_within: dt.timedelta) -> bool:
     from cryptography import x509
 
     try:
@@ -275,13 +279,13 @@ def _new_leaf(role: str, ca_cert: Any, ca_key: Any, now: dt.datetime, days: int)
     return cert, key
 
 
-def _cert_pem(cert: Any) -> bytes:
+def _cert_pem(cert: x509.Certificate) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
-def _key_pem(key: Any) -> bytes:
+def _key_pem(key: PrivateKeyTypes) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     return key.private_bytes(

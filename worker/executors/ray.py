@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from worker.executors.base import (
     DEVICE_ENV,
     DRAIN_SECONDS,
     Executor,
+    K,
     ProgressFn,
     group_indices,
     task_error,
@@ -37,11 +38,11 @@ from worker.executors.memory import ENV as MEMORY_ENV
 _POLL_S = 0.2
 
 
-def _call(fn, item):
+def _call(fn: Callable[[Any], Any], item: Any) -> Any:
     return fn(item)
 
 
-def _combine(combine, a, b):
+def _combine(combine: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
     return combine(a, b)
 
 
@@ -150,11 +151,11 @@ class RayExecutor(Executor):
         # worker processes (seconds each) while the slots are busy with blocks.
         self._combine = ray.remote(num_cpus=1, max_retries=3)(_combine)
 
-    def _submit(self, fn, items) -> list[Any]:
+    def _submit(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         fn_ref = self._ray.put(fn)
         return [self._call.remote(fn_ref, item) for item in items]
 
-    def _cancel(self, refs) -> None:
+    def _cancel(self, refs: list[Any]) -> None:
         for ref in refs:
             # A task that already finished or is gone has nothing left to stop.
             with contextlib.suppress(Exception):
@@ -165,12 +166,18 @@ class RayExecutor(Executor):
 
     def _cause(self, exc: BaseException) -> BaseException:
         """The task's own exception inside Ray's wrapper, when Ray could rebuild it."""
-        cause = getattr(exc, "cause", None)
+        cause: BaseException | None = getattr(exc, "cause", None)
         if isinstance(exc, self._ray.exceptions.RayTaskError) and cause is not None:
             return cause
         return exc
 
-    def _failed_leaf(self, fn, items, leaves, exc: BaseException) -> BaseException:
+    def _failed_leaf(
+        self,
+        fn: Callable[[Any], Any],
+        items: Sequence[Any],
+        leaves: list[Any],
+        exc: BaseException,
+    ) -> BaseException:
         """The error of the first failed leaf (only looked for once something failed)."""
         ready, _ = self._ray.wait(leaves, num_returns=len(leaves), timeout=0, fetch_local=False)
         for ref in ready:
@@ -185,8 +192,8 @@ class RayExecutor(Executor):
         fn: Callable[[Any], Any],
         items: Sequence[Any],
         progress: ProgressFn | None,
-        reduce: tuple[Callable[[Any], Hashable], Callable[[Any, Any], Any]] | None = None,
-    ) -> tuple[list[Any], dict[Hashable, Any]]:
+        reduce: tuple[Callable[[Any], K], Callable[[Any, Any], Any]] | None = None,
+    ) -> tuple[list[Any], dict[K, Any]]:
         """Wait for the leaf tasks (and the roots of a reduction), reporting each finished
         leaf; raise on the first failure, cancelling everything still pending.
 
@@ -197,11 +204,11 @@ class RayExecutor(Executor):
         """
         leaves = self._submit(fn, items)
         combines: list[Any] = []
-        roots: dict[Hashable, Any] = {}
+        roots: dict[K, Any] = {}
         if reduce is not None:
             key, combine = reduce
 
-            def submit_combine(a, b):
+            def submit_combine(a: Any, b: Any) -> Any:
                 combines.append(self._combine.remote(combine, a, b))
                 return combines[-1]
 
@@ -247,10 +254,10 @@ class RayExecutor(Executor):
         self,
         fn: Callable[[Any], Any],
         items: Sequence[Any],
-        key: Callable[[Any], Hashable],
+        key: Callable[[Any], K],
         combine: Callable[[Any, Any], Any] = operator.add,
         progress: ProgressFn | None = None,
-    ) -> dict[Hashable, Any]:
+    ) -> dict[K, Any]:
         if not items:
             return {}
         _, roots = self._run(fn, items, progress, (key, combine))

@@ -27,6 +27,7 @@ import contextlib
 import os
 from collections.abc import Callable, Iterator
 from functools import lru_cache
+from typing import Any, TypeAlias, cast
 
 import numpy as np
 
@@ -36,7 +37,8 @@ from worker.executors.base import DEVICE_ENV
 try:  # torch is optional on serving hosts
     import torch
 except ImportError:  # pragma: no cover - exercised only on torch-less installs
-    torch = None
+    # mypy types `torch` as the module: an optional import cannot be a module or None to it.
+    torch = None  # type: ignore[assignment]
 
 
 # (rows of the block, the row to subtract from them in float64): theta0 for delta mode
@@ -44,6 +46,9 @@ Refs = list[tuple[slice, np.ndarray]]
 # The rows Z of one column block: float32 rows (n, c), refs, and the shift row appended after
 # them in raw mode (else None). Chunk tasks read one from a store; the in-memory routes slice it.
 RowBlock = tuple[np.ndarray, Refs | None, np.ndarray | None]
+# A float64 matrix where the randomized products run: np.ndarray on 'numpy', else a torch.Tensor
+# on the device. The code below uses only operators both have (@, *, +, .T, .sum, .shape).
+DeviceArray: TypeAlias = Any
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -145,25 +150,32 @@ class Products:
     def _rdev(self) -> str:
         return self.device
 
-    def _as64(self, x32: np.ndarray, refs: Refs | None, append: np.ndarray | None):
+    def _as64(self, x32: np.ndarray, refs: Refs | None, append: np.ndarray | None) -> DeviceArray:
         n = x32.shape[0] + (append is not None)
         if self._rdev == "numpy":
             return _as64_numpy(x32, refs, np.empty((n, x32.shape[1])), append)
         buf = torch.empty((n, x32.shape[1]), dtype=torch.float64, device=self._rdev)
         return _as64_torch(x32, refs, buf, append)
 
-    def _dev(self, a: np.ndarray):
+    def _dev(self, a: np.ndarray) -> DeviceArray:
         """A small float64 matrix on the device."""
         a = np.ascontiguousarray(a, dtype=np.float64)
         return a if self._rdev == "numpy" else torch.from_numpy(a).to(self._rdev)
 
-    def _host(self, x) -> np.ndarray:
-        return x if self._rdev == "numpy" else x.cpu().numpy()
+    def _host(self, x: DeviceArray) -> np.ndarray:
+        return cast(np.ndarray, x if self._rdev == "numpy" else x.cpu().numpy())
 
-    def sketch(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def sketch(
+        self,
+        block: np.ndarray,
+        omega: Callable[[int, int], np.ndarray],
+        e: np.ndarray,
+        refs: Refs | None = None,
+        append: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """See `_sketch`; one intra-op thread on the CPU."""
         with single_thread():
-            return self._sketch(*args, **kwargs)
+            return self._sketch(block, omega, e, refs, append)
 
     def _sketch(
         self,
@@ -196,10 +208,18 @@ class Products:
             return np.zeros((n, omega(0, 0).shape[1])), np.zeros(n), np.zeros(e.shape)
         return self._host(y), self._host(sq), self._host(ge)
 
-    def power(self, *args, **kwargs) -> tuple[np.ndarray, np.ndarray | None]:
+    def power(
+        self,
+        block: np.ndarray,
+        m: np.ndarray,
+        refs: Refs | None = None,
+        append: np.ndarray | None = None,
+        *,
+        rayleigh: bool = False,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """See `_power`; one intra-op thread on the CPU."""
         with single_thread():
-            return self._power(*args, **kwargs)
+            return self._power(block, m, refs, append, rayleigh=rayleigh)
 
     def _power(
         self,
@@ -337,7 +357,9 @@ def _as64_numpy(
     return x
 
 
-def _as64_torch(x32: np.ndarray, refs: Refs | None, buf, append: np.ndarray | None = None):
+def _as64_torch(
+    x32: np.ndarray, refs: Refs | None, buf: torch.Tensor, append: np.ndarray | None = None
+) -> torch.Tensor:
     n, w = x32.shape
     if buf.shape[1] != w:
         buf = torch.empty((n + (append is not None), w), dtype=buf.dtype, device=buf.device)
@@ -353,11 +375,11 @@ def _as64_torch(x32: np.ndarray, refs: Refs | None, buf, append: np.ndarray | No
     return x
 
 
-def _cut(refs, a, step=SUB_BLOCK):
+def _cut(refs: Refs | None, a: int, step: int = SUB_BLOCK) -> Refs | None:
     if not refs:
         return None
     return [(rows, ref[a : a + step]) for rows, ref in refs]
 
 
-def _cut1(row, a, step=SUB_BLOCK):
+def _cut1(row: np.ndarray | None, a: int, step: int = SUB_BLOCK) -> np.ndarray | None:
     return None if row is None else row[a : a + step]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from storage.errors import InvalidInput
 from storage.trajectory import TrajectoryStore
@@ -35,7 +36,9 @@ def _method(method: Method | str) -> Method:
     return method_from_name(method) if isinstance(method, str) else method
 
 
-def _out(storage_options: dict | None, out_storage_options: dict | None) -> dict | None:
+def _out(
+    storage_options: dict[str, Any] | None, out_storage_options: dict[str, Any] | None
+) -> dict[str, Any] | None:
     return out_storage_options if out_storage_options is not None else storage_options
 
 
@@ -45,12 +48,12 @@ def task_basis(
     rank: int,
     *,
     mode: str = "delta",
-    selection=None,
+    selection: str | Sequence[int] | None = None,
     scope: str = "layer",
-    storage_options: dict | None = None,
-    out_storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
     method: Method | str = GramMethod(),
-    **kw,
+    **kw: Any,
 ) -> ComputeReport:
     """The basis of one task's own trajectory (scope='global' for the whole-encoder one).
 
@@ -72,13 +75,13 @@ def multitask_bases(
     rank: int,
     *,
     mode: str = "delta",
-    selection="last",
+    selection: str | Sequence[int] | None = "last",
     unified: bool = True,
     zeroshot: bool | Sequence[str] = True,
-    storage_options: dict | None = None,
-    out_storage_options: dict | None = None,
+    storage_options: dict[str, Any] | None = None,
+    out_storage_options: dict[str, Any] | None = None,
     method: Method | str = GramMethod(),
-    **kw,
+    **kw: Any,
 ) -> ComputeReport:
     """Unified basis over all tasks and a zero-shot basis per task, from one Gram.
 

@@ -35,8 +35,9 @@ come from one Gram of all rows.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -100,16 +101,22 @@ def fix_signs(u: np.ndarray) -> np.ndarray:
     idx = np.argmax(np.abs(u), axis=0)
     signs = np.sign(u[idx, np.arange(u.shape[1])])
     signs[signs == 0] = 1.0
-    return u * signs
+    fixed: np.ndarray = u * signs
+    return fixed
 
 
 def centering_transform(n: int) -> np.ndarray:
     """J = I - 11^T / n, the centring projector on n rows."""
-    return np.eye(n) - np.full((n, n), 1.0 / n)
+    j: np.ndarray = np.eye(n) - np.full((n, n), 1.0 / n)
+    return j
 
 
 def row_transform(
-    n_all: int, members=None, mode: str = "raw", *, augmented: bool = False
+    n_all: int,
+    members: Sequence[int] | np.ndarray | None = None,
+    mode: str = "raw",
+    *,
+    augmented: bool = False,
 ) -> np.ndarray:
     """T (n, n_all [+1]): the rows of one basis' matrix as combinations of the computed rows.
 
@@ -155,7 +162,8 @@ def motion_extent(u: np.ndarray, s: np.ndarray) -> np.ndarray:
     own extent along each v_k, when the rows are motions from theta0 (delta mode) or from their
     mean (centered mode). u: (n, k) left singular vectors, unit columns, so this is s_k
     sqrt(mean_i u_ik^2) = s_k / sqrt(n) exactly; kept general for the randomized route."""
-    return s * np.sqrt(np.mean(u**2, axis=0))
+    extent: np.ndarray = s * np.sqrt(np.mean(u**2, axis=0))
+    return extent
 
 
 def solve_gram(
@@ -252,7 +260,7 @@ class Basis:
 
     @property
     def rank(self) -> int:
-        return self.v.shape[1]
+        return int(self.v.shape[1])
 
 
 def gram_basis(
@@ -293,7 +301,11 @@ def gram_basis(
         v = np.empty((int(offsets[-1]), solve.m.shape[1]), dtype=np.float32)
         pool.map(
             lambda i: prod.project(
-                *blocks[i][:1], solve.m, *blocks[i][1:], out=v[offsets[i] : offsets[i + 1]]
+                blocks[i][0],
+                solve.m,
+                blocks[i][1],
+                blocks[i][2],
+                out=v[offsets[i] : offsets[i + 1]],
             ),
             range(len(blocks)),
         )
@@ -322,6 +334,7 @@ def member_chunks(chunks: Iterable[np.ndarray], mode: str, ref_row: int | None) 
         if ref_row is None:
             return [(c, None, None) for c in chunk_list]
         return [(c, [(slice(0, t), c[ref_row])], c[ref_row]) for c in chunk_list]
+    rows: slice | np.ndarray
     if ref_row is None:
         # PCA of all rows: row 0 is subtracted only as a shift (centring removes it again), so
         # the large common part never cancels against itself on the Gram.
@@ -343,7 +356,7 @@ def svd_basis(
     mode: str = "raw",
     ref_row: int | None = 0,
     chunk_cols: int = 1 << 18,
-    **kw,
+    **kw: Any,
 ) -> Basis:
     """`gram_basis` on an in-memory (t, D) array, chunked by columns without copies."""
     return gram_basis(column_chunks(w, chunk_cols), k, mode=mode, ref_row=ref_row, **kw)

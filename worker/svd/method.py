@@ -86,7 +86,11 @@ METHOD_NAMES = (GramMethod.name, RandomizedMethod.name)
 def method_from_name(name: str, **params: Any) -> Method:
     """The method an edge names as a string (a CLI flag, a script's keyword), with its
     parameters; unknown names and parameters the method does not take raise InvalidInput."""
-    cls = {GramMethod.name: GramMethod, RandomizedMethod.name: RandomizedMethod}.get(name)
+    classes: dict[str, type[GramMethod] | type[RandomizedMethod]] = {
+        GramMethod.name: GramMethod,
+        RandomizedMethod.name: RandomizedMethod,
+    }
+    cls = classes.get(name)
     if cls is None:
         raise InvalidInput(f"method {name!r} is not one of {list(METHOD_NAMES)}")
     try:

@@ -33,7 +33,7 @@ class BasisRequest:
     members: Sequence[int] | None = None  # indices into the concatenated rows; None = all
     kind: str = "task"
     meta: dict[str, Any] = field(default_factory=dict)
-    storage_options: dict | None = None
+    storage_options: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

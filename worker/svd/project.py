@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from worker.svd.solve import Solves
 from worker.svd.tasks import Output, ProjectTask, project_block
 
 
-def options_json(storage_options: dict | None) -> str:
+def options_json(storage_options: dict[str, Any] | None) -> str:
     """Storage options as the picklable, hashable string tasks carry."""
     return json.dumps(storage_options or {}, sort_keys=True)
 

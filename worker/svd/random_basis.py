@@ -50,7 +50,8 @@ from worker.svd.backend import single_thread
 try:  # torch is a core dependency; the registry's numpy-only fallback cannot draw these bits
     import torch
 except ImportError:  # pragma: no cover - exercised only on torch-less installs
-    torch = None
+    # mypy types `torch` as the module: an optional import cannot be a module or None to it.
+    torch = None  # type: ignore[assignment]
 
 GENERATOR = "gaussian+cholesky-qr/1"
 SCOPES = ("layer", "global")
@@ -95,13 +96,15 @@ def steps(shapes: Mapping[str, int], k: int, step: int | None = None) -> int:
     return 2 * sum(len(row_blocks(d, k, step)) for d in shapes.values())
 
 
-def layer_generator(seed: int, index: int):
+def layer_generator(seed: int, index: int) -> torch.Generator:
     """The torch CPU generator of layer `index`: seeded from SeedSequence([seed, index])."""
     state = np.random.SeedSequence([int(seed), int(index)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def gaussian_blocks(d: int, k: int, seed: int, index: int, step: int | None) -> Iterator:
+def gaussian_blocks(
+    d: int, k: int, seed: int, index: int, step: int | None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
     """(a, b, G[a:b]) of layer `index`'s Gaussian G (d, k), float64 torch tensors, in row order;
     the concatenation is bit for bit `torch.randn(d, k)` from `layer_generator(seed, index)`."""
     gen = layer_generator(seed, index)
@@ -127,7 +130,7 @@ def _check(shapes: Mapping[str, int], k: int, seed: int, scope: str) -> None:
         raise InvalidInput(f"the encoder has {sum(shapes.values())} parameters, fewer than k={k}")
 
 
-def _cholesky(gram, what: str):
+def _cholesky(gram: torch.Tensor, what: str) -> torch.Tensor:
     """R (k, k) upper with R^T R = gram, refused when G's condition number is over the limit."""
     eig = torch.linalg.eigvalsh(gram)
     low, high = float(eig[0]), float(eig[-1])
@@ -139,7 +142,8 @@ def _cholesky(gram, what: str):
             "another seed or a smaller rank"
         )
     try:
-        return torch.linalg.cholesky(gram, upper=True)
+        r: torch.Tensor = torch.linalg.cholesky(gram, upper=True)
+        return r
     except RuntimeError as exc:  # torch.linalg.LinAlgError: not positive definite
         raise InvalidInput(f"the Gaussian draw of {what} is not of full rank: {exc}") from exc
 
@@ -171,16 +175,20 @@ def random_orthonormal(
     layers = list(shapes.items())
     out: dict[str, np.ndarray] = {}
 
-    def gram(i: int, d: int, kept: list | None):
-        g = None
+    def gram(i: int, d: int, kept: list[torch.Tensor] | None) -> torch.Tensor:
+        g: torch.Tensor | None = None
         for _a, _b, x in gaussian_blocks(d, k, seed, i, step):
             g = x.T @ x if g is None else g.addmm_(x.T, x)
             if kept is not None:
                 kept.append(x)
             tick()
+        if g is None:
+            # No blocks: a layer of 0 rows, streamed (unstreamed it is one empty block). Its
+            # Gram is zero, as the unstreamed x.T @ x of a (0, k) x gives.
+            g = torch.zeros(k, k, dtype=torch.float64)
         return g
 
-    def solve(name: str, i: int, d: int, r, kept: list | None) -> None:
+    def solve(name: str, i: int, d: int, r: torch.Tensor, kept: list[torch.Tensor] | None) -> None:
         if kept is None:
             blocks = gaussian_blocks(d, k, seed, i, step)
         else:
@@ -189,6 +197,7 @@ def random_orthonormal(
         for a, b, x in blocks:
             v = torch.linalg.solve_triangular(r, x, upper=True, left=False).float().numpy()
             if full is None:
+                assert write is not None  # full is None exactly when write was given
                 write(name, a, b, v)
             else:
                 full[a:b] = v
@@ -207,7 +216,7 @@ def random_orthonormal(
         else:
             for i, (name, d) in enumerate(layers):
                 # Returning the outputs holds them anyway: hold G too rather than draw it again.
-                kept: list | None = [] if write is None else None
+                kept: list[torch.Tensor] | None = [] if write is None else None
                 r = _cholesky(gram(i, d, kept), f"layer {name!r} ({d} x {k})")
                 solve(name, i, d, r, kept)
     return out if write is None else None

@@ -78,7 +78,7 @@ class SketchParams:
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
                 raise InvalidInput(f"{name} must be a non-negative integer, got {value!r}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, int]:
         return {
             "oversample": int(self.oversample),
             "power_iters": int(self.power_iters),
@@ -150,6 +150,7 @@ def randomized_solves(
     out: dict[Hashable, list[SmallSolve]] = {}
     for key, qk in qs.items():
         c = pw[key].c
+        assert c is not None  # the last power pass ran with rayleigh=True, which sets c
         out[key] = [
             _ritz(
                 c[offsets[r] : offsets[r + 1], offsets[r] : offsets[r + 1]],
@@ -171,7 +172,9 @@ def _orth(y: np.ndarray) -> np.ndarray:
     return np.linalg.qr(y, mode="reduced")[0]
 
 
-def _energy_weights(n: int, members, mode: str, augmented: bool) -> np.ndarray:
+def _energy_weights(
+    n: int, members: Sequence[np.ndarray], mode: str, augmented: bool
+) -> np.ndarray:
     """Row weights e whose Z Z^T e gives each target's total energy: the member indicator of
     each centred target, or the shift row alone in raw mode."""
     if mode == "centered":
@@ -186,7 +189,9 @@ def _energy_weights(n: int, members, mode: str, augmented: bool) -> np.ndarray:
     return np.zeros((n + int(augmented), 0))
 
 
-def _totals(part: SketchPart, members, mode: str, augmented: bool) -> list[float]:
+def _totals(
+    part: SketchPart, members: Sequence[np.ndarray], mode: str, augmented: bool
+) -> list[float]:
     """|T Z|_F^2 per target without the Gram: the member rows' squared norms; minus
     |sum|^2 / n_r when centred (the energy removed with the mean); plus 2 x_i.r + |r|^2 per row
     when the rows were shifted by r (raw mode)."""
@@ -202,7 +207,15 @@ def _totals(part: SketchPart, members, mode: str, augmented: bool) -> list[float
     return out
 
 
-def _ritz(c, q, t, k: int, total: float, rcond: float, extent: bool = True) -> SmallSolve:
+def _ritz(
+    c: np.ndarray,
+    q: np.ndarray,
+    t: np.ndarray,
+    k: int,
+    total: float,
+    rcond: float,
+    extent: bool = True,
+) -> SmallSolve:
     """Rayleigh-Ritz on span(T^T Q): C = B B^T, B = Q^T T X."""
     c = (c + c.T) / 2
     lam, ub = np.linalg.eigh(c)
@@ -251,14 +264,14 @@ def randomized_basis(
     starts = np.concatenate([[0], np.cumsum([b[0].shape[1] for b in blocks])]).astype(int)
     prod = Products(device)
 
-    def run_sketch(width, e):
+    def run_sketch(width: int, e: np.ndarray) -> dict[Hashable, SketchPart]:
         parts = [
             sketch_part(b, group=group, start=int(a), seed=seed, width=width, e=e, device=device)
             for b, a in zip(blocks, starts, strict=False)
         ]
         return {group: tree_reduce(parts, operator.add)}
 
-    def run_power(ms, rayleigh):
+    def run_power(ms: dict[Hashable, np.ndarray], rayleigh: bool) -> dict[Hashable, PowerPart]:
         parts = [power_part(b, ms[group], rayleigh=rayleigh, device=device) for b in blocks]
         return {group: tree_reduce(parts, operator.add)}
 
@@ -293,10 +306,10 @@ def randomized_on_executor(
     """`randomized_solves` with each pass a map_reduce of chunk tasks that read their own block
     from the store on the worker. progress(phase, total) returns a per-task callback."""
 
-    def cb(phase):
+    def cb(phase: str) -> Callable[[int], None] | None:
         return progress(phase, len(blocks)) if progress else None
 
-    def run_sketch(width, e):
+    def run_sketch(width: int, e: np.ndarray) -> dict[Hashable, SketchPart]:
         tasks = [SketchTask(b, params.seed, width, e) for b in blocks]
         return executor.map_reduce(
             sketch_block, tasks, key=lambda tk: key(tk.block), progress=cb("sketch")
@@ -304,7 +317,7 @@ def randomized_on_executor(
 
     passes = iter(range(1, params.power_iters + 2))
 
-    def run_power(ms, rayleigh):
+    def run_power(ms: dict[Hashable, np.ndarray], rayleigh: bool) -> dict[Hashable, PowerPart]:
         phase = "rayleigh" if rayleigh else f"power {next(passes)}"
         tasks = [PowerTask(b, ms[key(b)], rayleigh) for b in blocks]
         return executor.map_reduce(

@@ -9,7 +9,8 @@ shared by all bases the same way. Either way the result is, per basis and per gr
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
+from typing import cast
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def solve(plan: Plan, executor: Executor, phases: Phases) -> Solves:
         return solve_grams(plan, grams)
 
 
-def _group_of(block: BlockTask) -> Hashable:
+def _group_of(block: BlockTask) -> str:
     return block.group
 
 
@@ -50,7 +51,8 @@ def solve_grams(plan: Plan, grams: Mapping[str, np.ndarray]) -> Solves:
     if plan.scope != "global":
         return [{g: _solve_one(plan, grams[g], req) for g in plan.groups} for req in plan.requests]
     # The whole-encoder Gram is the sum of the layer Grams: W_global = [W_0 | W_1 | ...].
-    g_all = sum(grams[g] for g in plan.groups)
+    # A plan has at least one group, so the sum is an array, never sum()'s start value 0.
+    g_all = cast(np.ndarray, sum(grams[g] for g in plan.groups))
     out = []
     for req in plan.requests:
         sol = _solve_one(plan, g_all, req)

@@ -63,7 +63,7 @@ def select_rows(
 
 def make_sources(
     stores: Sequence[TrajectoryStore],
-    selections: Sequence,
+    selections: Sequence[str | Sequence[int] | None],
     mode: str,
     labels: Sequence[str] | None = None,
 ) -> list[SourceRows]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 
@@ -33,8 +34,9 @@ class SourceRows:
     created_at: float | None = None
 
     @property
-    def storage_options(self) -> dict:
-        return json.loads(self.storage_options_json)
+    def storage_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = json.loads(self.storage_options_json)
+        return options
 
 
 @dataclass(frozen=True)

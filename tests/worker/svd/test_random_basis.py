@@ -120,6 +120,9 @@ def _streamed(shapes, k, seed, *, scope="layer", rows_per_block=None, tick=None)
     )
     for name, d in shapes.items():  # every row written once, in row order
         spans = [(a, b) for n, a, b in order if n == name]
+        if d == 0:
+            assert not spans  # an empty layer has nothing to write
+            continue
         assert [a for a, _ in spans] == [0] + [b for _, b in spans[:-1]] and spans[-1][1] == d
     return out
 
@@ -300,3 +303,13 @@ def test_streamed_equals_whole_on_mkls_generic_code_path_too(tmp_path):
         [sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0 and "same bits" in done.stdout, done.stderr
+
+
+def test_a_global_basis_over_an_empty_layer_streams_like_it_is_made_whole():
+    """An empty layer has no row blocks; its Gram is zero, as in the unstreamed route (the
+    streamed route used to add None to the sum and raise TypeError)."""
+    shapes = {"a": 0, "b": 600}
+    held = random_orthonormal(shapes, 4, 1, scope="global")
+    got = _streamed(shapes, 4, 1, scope="global", rows_per_block=256)
+    for name in shapes:
+        assert np.array_equal(got[name], held[name]), name
