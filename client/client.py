@@ -288,6 +288,7 @@ class Client:
         self,
         task_id: str,
         kind: str = "task",
+        *,
         version: int | None = None,
         alias: str | None = "latest",
         layers: Iterable[str] | None = None,
@@ -344,6 +345,7 @@ class Client:
         self,
         task_id: str,
         kind: str = "task",
+        *,
         version: int | None = None,
         alias: str | None = "latest",
         layers: Iterable[str] | None = None,
@@ -353,7 +355,14 @@ class Client:
         cache (copy-on-write: writing to a tensor never changes the cached file)."""
         import torch
 
-        pulled = self.pull_basis(task_id, kind, version, alias, layers, local_files_only)
+        pulled = self.pull_basis(
+            task_id,
+            kind,
+            version=version,
+            alias=alias,
+            layers=layers,
+            local_files_only=local_files_only,
+        )
         return {name: torch.from_numpy(pulled.array(name)) for name in pulled.files}
 
     def _in_cache(self, manifest: dict, layers: Iterable[str] | None) -> bool:
