@@ -42,6 +42,7 @@ COPY storage ./storage
 COPY worker ./worker
 COPY services ./services
 COPY client ./client
+COPY tinysub ./tinysub
 RUN pip install ".[server,client,s3,dask,ray,finetune]"
 
 COPY docker/entrypoint.sh /usr/local/bin/tinysub-entrypoint

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -254,6 +255,19 @@ def test_the_image_prepares_the_certificate_volumes():
     chown = next(line for line in lines if "chown tinysub:tinysub" in line).split()
     for folder in (CERTS, "/var/lib/dask-ca"):
         assert folder in chown
+
+
+def test_the_image_holds_every_package_the_tinysub_command_imports():
+    """The image installs from copied folders; a package left out installs nothing under its
+    name, and `tinysub` (entry point tinysub.cli.main) fails in every container at start."""
+    copied = {
+        line.split()[1]
+        for line in (REPO / "Dockerfile").read_text().splitlines()
+        if line.startswith("COPY ") and not line.startswith("COPY --")
+    }
+    entry = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]["tinysub"]
+    needed = {"storage", "worker", "services", "client", entry.split(".")[0]}
+    assert needed <= copied, f"the Dockerfile does not copy {sorted(needed - copied)}"
 
 
 def test_no_secret_is_written_in_the_compose_files():
