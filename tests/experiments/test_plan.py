@@ -79,7 +79,7 @@ def test_disabling_reads_the_outliers_of_the_same_seeds_paper_protocol_run(tmp_p
         assert source.spec.train.seed == job.spec.train.seed
         assert source.meta["mode"] == "raw" and source.spec.basis.endswith("raw")
         sub = source.spec.subspace
-        assert (sub.theta_scale, sub.theta_lr, sub.dim) == ("none", 0.01, p.cfg.dim)
+        assert (sub.theta_scale, sub.theta_lr, sub.rank) == ("none", 0.01, p.cfg.dim)
     modes = {j.spec.hold_zero_mode for j in p.disable()}
     assert modes == {"outlier", "random", "outlier_non_ln", "outlier_ln", "random_matched"}
 

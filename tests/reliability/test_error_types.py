@@ -126,7 +126,7 @@ def test_a_failed_task_comes_back_as_task_failed(tmp_path, monkeypatch):
         def broken(task):
             raise ZeroDivisionError("a bug in a chunk task")
 
-        monkeypatch.setattr("worker.svd.engine.gram_block", broken)
+        monkeypatch.setattr("worker.svd.solve.gram_block", broken)
         job = c.compute_basis("a", "task", rank=2)
         app.state.runner.run_pending()
         with pytest.raises(TaskFailed, match="ZeroDivisionError"):
