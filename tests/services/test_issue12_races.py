@@ -17,6 +17,7 @@ from sqlalchemy import update
 import services.bases as bases_service
 import services.routes.jobs as jobs_routes
 import services.trajectories as traj_service
+import services.trajectories.parts as trajectory_parts
 from services.bases import LATEST, move_latest
 from services.context import KeyedLocks, Registry
 from services.models import Alias, Basis, Job, Task, Trajectory
@@ -111,7 +112,8 @@ def test_part_for_a_row_another_server_commits_while_staging_is_409(
             _commit(other_server, 0)
         return original(*args, **kw)
 
-    monkeypatch.setattr(traj_service, "staged_parts", staged_parts)
+    # put_part looks staged_parts up in services.trajectories.parts: the seam goes there.
+    monkeypatch.setattr(trajectory_parts, "staged_parts", staged_parts)
     g = layout.group_names[0]
     r = _put(api, 0, g, upload[g] + 1.0)
     monkeypatch.undo()

