@@ -171,11 +171,23 @@ def finetune_cmd(
     # one RunSpec; it reads top to bottom and the work happens in worker.finetune.runner.run.
     from worker.finetune.config import SubspaceConfig
     from worker.finetune.runner import RunSpec, run
+    from worker.finetune.spec import basis_from_flags
     from worker.finetune.train import TrainConfig
 
     if registry and basis:
         raise InvalidInput("give --basis (local) or --registry, not both")
     rank = _rank_or_old_dim(rank, dim)
+    # The flat flags stay; the spec takes them as one BasisRef and one RegistryConfig.
+    basis_ref, registry_config = basis_from_flags(
+        task,
+        method,
+        basis_task=basis_task,
+        basis_kind=basis_kind,
+        basis_version=basis_version,
+        basis_alias=basis_alias,
+        registry=registry,
+        token=token,
+    )
     spec = RunSpec(
         task=task,
         method=method,
@@ -209,12 +221,8 @@ def finetune_cmd(
             eval_every=eval_every,
         ),
         basis=basis,
-        basis_task=basis_task,
-        basis_kind=basis_kind,
-        basis_version=basis_version,
-        basis_alias=basis_alias,
-        registry=registry,
-        token=token,
+        basis_ref=basis_ref,
+        registry=registry_config,
         split_seed=split_seed,
         dev_fraction=dev_fraction,
         train_size=train_size,

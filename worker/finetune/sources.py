@@ -16,6 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from client.refs import BasisRef, RegistryConfig
 from storage.basis import BasisStore
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.layout import Layout
@@ -160,14 +161,15 @@ class RegistryBasisSource:
 
     The client downloads into its content-addressed cache (or reuses it: an unchanged manifest
     costs one 304), verifies every layer's sha256, and the layers are read as copy-on-write
-    memory maps of the cached files. The reference records the registry's task, kind and
-    version, so runs are tracked per basis version.
+    memory maps of the cached files. `ref` is the resolved `BasisRef` (task, kind, version and
+    the sha256 of every layer pulled); the reference records it, so runs are tracked per basis
+    version. A pinned ref (a run record's) is refused if the registry serves other bytes.
     """
 
     def __init__(
         self,
         registry_url: str,
-        task_id: str,
+        task_id: str | BasisRef,
         kind: str = "task",
         *,
         version: int | None = None,
@@ -184,19 +186,35 @@ class RegistryBasisSource:
                 "use a local --basis"
             ) from exc
 
+        if isinstance(task_id, BasisRef):
+            request = task_id
+        else:
+            request = BasisRef(
+                task_id, kind, version=version, alias=None if version is not None else alias
+            )
         self.client = client or Client(registry_url, token=token, cache_dir=cache_dir)
         self.registry_url = registry_url
-        self.alias = None if version is not None else (alias or "latest")
-        self.pulled = self.client.pull_basis(task_id, kind, version=version, alias=self.alias)
+        self.alias = None if request.version is not None else (request.alias or "latest")
+        self.pulled = self.client.pull_basis(request)
+        self.ref = BasisRef.from_manifest(self.pulled.manifest)
         manifest = self.pulled.manifest
-        self.kind = kind
-        self.scope = "global" if kind == "global" else "layer"
-        self.task = task_id
-        self.version = int(manifest["version"])
+        self.kind = self.ref.kind
+        self.scope = "global" if self.kind == "global" else "layer"
+        self.task = self.ref.task
+        self.version = self.ref.version
         self._layers = {info["name"]: info for info in manifest["layers"]}
         params = manifest.get("params") or {}
         self.tasks = list(params.get("tasks") or [])
         self.held_out = params.get("held_out")
+
+    @classmethod
+    def from_ref(
+        cls, registry: RegistryConfig, ref: BasisRef, *, client: Any = None
+    ) -> RegistryBasisSource:
+        """Pull `ref` from `registry` (a run spec's two basis fields)."""
+        return cls(
+            registry.url, ref, token=registry.token, cache_dir=registry.cache_dir, client=client
+        )
 
     def layer_names(self) -> list[str]:
         return list(self._layers)
@@ -219,7 +237,8 @@ class RegistryBasisSource:
         _check_shapes(self, layout)
 
     def reference(self) -> dict[str, Any]:
-        shas = {n: i["sha256"] for n, i in self._layers.items()}
+        # The hashes the client verified the downloaded bytes against.
+        shas = dict(self.ref.layer_sha256)
         return basis_reference(self, shas, {"registry": self.registry_url, "alias": self.alias})
 
 

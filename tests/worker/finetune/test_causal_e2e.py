@@ -110,6 +110,7 @@ def test_registry_round_trip_for_a_decoder(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from client import Client
+    from client.refs import BasisRef, RegistryConfig
     from services.local import LocalServer
 
     task = color_pairs(tmp_path / "colors.jsonl")
@@ -139,15 +140,16 @@ def test_registry_round_trip_for_a_decoder(tmp_path):
                     model="tiny-gpt2",
                     task_type="causal-lm",
                     train=train,
-                    registry=server.url,
-                    token=token,
-                    basis_task="colors",
+                    registry=RegistryConfig(server.url, token=token),
+                    basis_ref=BasisRef("colors", "task"),
                     out=str(tmp_path / "intr"),
                     save_model=True,
                 )
             )
             posted = [r for r in client.runs(task_id="colors") if r["method"] == "intrinsic"]
     assert record["basis"]["task"] == "colors" and record["basis"]["version"] == 1
+    shas = {n: info["sha256"] for n, info in record["basis"]["layers"].items()}
+    assert record["basis_ref"]["version"] == 1 and record["basis_ref"]["layer_sha256"] == shas
     assert record["rank"] == 3 and record["registry_run"]["posted"] is True
     assert posted[0]["metrics"]["perplexity"] == pytest.approx(record["score"])
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "intr" / "model")

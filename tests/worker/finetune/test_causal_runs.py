@@ -13,6 +13,7 @@ import random
 
 import pytest
 
+from client.refs import BasisRef
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.data import load_task
 from worker.finetune.runner import RunSpec, restore, run
@@ -149,7 +150,12 @@ def test_bases_of_other_tasks(recorded, tmp_path):
     multitask_bases(stores, str(tmp_path / "multi"), 3, selection="all")
     task_basis(second["trajectory"], str(tmp_path / "other-basis"), 3)
     transfer = run(
-        _spec(recorded, "transfer", basis=str(tmp_path / "other-basis"), basis_task="sentences")
+        _spec(
+            recorded,
+            "transfer",
+            basis=str(tmp_path / "other-basis"),
+            basis_ref=BasisRef("sentences", "task"),
+        )
     )
     unified = run(_spec(recorded, "unified", basis=str(tmp_path / "multi" / "unified")))
     zeroshot = run(

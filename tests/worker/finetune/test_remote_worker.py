@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 
 from client import Client
+from client.refs import BasisRef, RegistryConfig
 from services.local import LocalServer
 from storage.trajectory import TrajectoryStore
 from tests.worker.finetune.test_runner import toy_csv  # noqa: F401 - a fixture
-from worker.finetune.runner import RunSpec, run
+from worker.finetune.runner import RunSpec, read_run, run
 from worker.finetune.sources import RegistryBasisSource
 from worker.finetune.train import TrainConfig
 
@@ -48,18 +49,21 @@ def test_intrinsic_run_pulls_by_task_id_and_posts_its_metrics(registry, toy_csv,
             method="intrinsic",
             model="tiny-bert",
             train=TRAIN,
-            registry=server.url,
-            token=token,
-            basis_task="toy",
+            registry=RegistryConfig(server.url, token=token),
+            basis_ref=BasisRef("toy", "task"),
             out=str(tmp_path / "intr"),
         )
     )
     manifest = client.basis("toy", "task")
+    shas = {i["name"]: i["sha256"] for i in manifest["layers"]}
     ref = record["basis"]
     assert ref["task"] == "toy" and ref["kind"] == "task" and ref["version"] == 1
-    assert {n: v["sha256"] for n, v in ref["layers"].items()} == {
-        i["name"]: i["sha256"] for i in manifest["layers"]
-    }
+    assert {n: v["sha256"] for n, v in ref["layers"].items()} == shas
+    # The resolved BasisRef: the version pulled and every layer's sha256, in run.json too.
+    pinned = BasisRef("toy", "task", version=1, layer_sha256=shas)
+    assert BasisRef.from_dict(record["basis_ref"]) == pinned
+    assert BasisRef.from_dict(read_run(str(tmp_path / "intr"))["basis_ref"]) == pinned
+    assert client.resolve_basis(pinned) == pinned  # it pulls back exactly these bytes
     assert record["rank"] == 2
     posted = record["registry_run"]
     assert posted["posted"] is True
@@ -86,8 +90,9 @@ def test_registry_source_is_the_cached_verified_basis(registry, tmp_path):
 def test_a_refused_post_does_not_lose_the_run(registry, toy_csv, tmp_path):  # noqa: F811
     server, _, client = registry
     read_only = client.create_token("reader", ["read"])["token"]
-    record = run(
-        RunSpec(
+    # The old flat keywords still build the same spec (with a DeprecationWarning).
+    with pytest.warns(DeprecationWarning, match="basis_ref"):
+        spec = RunSpec(
             task=toy_csv,
             method="intrinsic",
             model="tiny-bert",
@@ -97,7 +102,10 @@ def test_a_refused_post_does_not_lose_the_run(registry, toy_csv, tmp_path):  # n
             basis_task="toy",
             out=str(tmp_path / "ro"),
         )
-    )
+    assert spec.basis_ref == BasisRef("toy", "task")
+    assert spec.registry == RegistryConfig(server.url, token=read_only)
+    record = run(spec)
+    assert record["basis_ref"]["version"] == 1
     assert record["registry_run"]["posted"] is False
     assert "scope" in record["registry_run"]["error"] or "403" in record["registry_run"]["error"]
     assert (tmp_path / "ro" / "run.json").exists()
