@@ -8,8 +8,7 @@ from typing import Any
 
 from client.errors import error_from_body
 from client.transport import Requester
-
-FINISHED = ("succeeded", "failed", "cancelled")
+from storage.vocabulary import JobKind, JobStatus
 
 
 class Job:
@@ -25,8 +24,8 @@ class Job:
     def _update(self, data: dict[str, Any]) -> None:
         self.data = data
         self.id: int = data["id"]
-        self.status: str = data["status"]
-        self.kind: str = data.get("kind", "basis")
+        self.status = JobStatus(data["status"])
+        self.kind = JobKind(data.get("kind", JobKind.BASIS))
         self.basis: dict[str, Any] | None = data.get("basis")
         self.params: dict[str, Any] | None = data.get("params")
         self.result: dict[str, Any] | None = data.get("result")
@@ -46,7 +45,7 @@ class Job:
 
     @property
     def done(self) -> bool:
-        return self.status in FINISHED
+        return self.status.finished
 
     def refresh(self) -> Job:
         self._update(self._client.request_json("GET", f"/v1/jobs/{self.id}"))
@@ -86,7 +85,7 @@ class Job:
             delay = min(poll, delay * 2)
         if on_update is not None:
             on_update(self)
-        if raise_on_error and self.status != "succeeded":
+        if raise_on_error and self.status != JobStatus.SUCCEEDED:
             code = self.error_code if self.error_code != "cancelled" else "conflict"
             raise error_from_body(
                 500, {"code": code, "message": f"job {self.id} {self.status}: {self.error}"}

@@ -11,37 +11,39 @@ gets a 4xx and creates nothing; the job then computes it (services.jobs). Kinds:
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from services.basis_params import BasisParams
 from services.context import Registry
 from services.models import Alias, Basis, Job, Task, utcnow
 from services.schemas import BasisCreate
 from services.security import check_slug
 from services.trajectories import get_task, get_trajectory, open_store, task_layout
 from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, NotReady
+from storage.vocabulary import BASIS_ACTIVE, BasisKind, BasisScope, BasisStatus, JobKind, JobStatus
 
 LATEST = "latest"
-MULTI_TASK = ("unified", "zeroshot")
+MULTI_TASK = (BasisKind.UNIFIED, BasisKind.ZEROSHOT)
+OWN_TRAJECTORY = (BasisKind.TASK, BasisKind.GLOBAL)
 
 
 def layer_path(task_id: str, kind: str, version: int, layer: str) -> str:
     return f"/v1/tasks/{task_id}/bases/{kind}/versions/{version}/layers/{layer}"
 
 
-def source_tasks(task_id: str, kind: str, tasks: list[str] | None) -> list[str]:
+def source_tasks(task_id: str, kind: BasisKind, tasks: list[str] | None) -> list[str]:
     """The tasks whose trajectories a basis reads, in order (their order fixes the rows')."""
-    if kind in ("task", "global"):
+    if kind in OWN_TRAJECTORY:
         return [task_id]
-    if kind == "random":
+    if kind == BasisKind.RANDOM:
         return []
     if not tasks:
         raise InvalidInput(f"a {kind} basis needs `tasks`, the set of tasks it spans")
     wanted = list(dict.fromkeys(tasks))
-    if kind == "unified":
+    if kind == BasisKind.UNIFIED:
         if task_id not in wanted:
             wanted.insert(0, task_id)
         if len(wanted) < 2:
@@ -53,7 +55,7 @@ def source_tasks(task_id: str, kind: str, tasks: list[str] | None) -> list[str]:
     return others
 
 
-def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreate) -> dict:
+def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreate) -> BasisParams:
     """Check an order against what is stored; return the parameters the job will use."""
     from worker.svd.engine import select_rows
 
@@ -71,22 +73,21 @@ def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreat
             f"registry's limit of {reg.settings.max_basis_values:,} (max_basis_values); "
             "ask for a smaller rank"
         )
-    params: dict[str, Any] = {
-        "rank": body.rank,
-        "mode": body.mode,
-        "scope": "global" if kind == "global" else "layer",
-        "executor": body.executor or reg.settings.executor,
-        "uid": uuid.uuid4().hex,
-    }
-    if kind == "random":
+    params = BasisParams(
+        rank=body.rank,
+        mode=body.mode,
+        scope=BasisScope.GLOBAL if kind == BasisKind.GLOBAL else BasisScope.LAYER,
+        executor=body.executor or reg.settings.executor,
+        uid=uuid.uuid4().hex,
+    )
+    if kind == BasisKind.RANDOM:
         small = min(layout.groups, key=lambda g: g.size)
         if body.rank > small.size:
             raise InvalidInput(
                 f"rank {body.rank} exceeds group {small.name!r} of size {small.size}; "
                 f"use rank <= {small.size}"
             )
-        params.update(seed=body.seed, mode=None, scope=None)
-        return params
+        return params.with_changes(seed=body.seed, mode=None, scope=None)
     selection = body.selection
     if selection is None:
         selection = "last" if kind in MULTI_TASK else "all"
@@ -107,9 +108,9 @@ def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreat
             f"the selected checkpoints give {rows} rows but rank {body.rank} was asked for; "
             f"use rank <= {rows}"
         )
-    params.update(selection=selection, tasks=tasks)
-    if kind == "zeroshot":
-        params["held_out"] = task.id
+    params = params.with_changes(selection=selection, tasks=tasks)
+    if kind == BasisKind.ZEROSHOT:
+        params = params.with_changes(held_out=task.id)
     return params
 
 
@@ -124,8 +125,8 @@ def create_basis_job(
     reg: Registry,
     session: Session,
     task_id: str,
-    kind: str,
-    params: dict,
+    kind: BasisKind,
+    params: BasisParams,
     *,
     token_id: int | None = None,
 ) -> tuple[Basis, Job]:
@@ -136,13 +137,19 @@ def create_basis_job(
         task_id=task_id,
         kind=kind,
         version=version,
-        status="pending",
-        params={**params, "uid": params.get("uid") or uuid.uuid4().hex},
+        status=BasisStatus.PENDING,
+        params=params.with_changes(uid=params.uid or uuid.uuid4().hex).to_json(),
         url=reg.basis_url(task_id, kind, version),
     )
     session.add(basis)
     session.flush()
-    job = Job(kind="basis", basis_id=basis.id, token_id=token_id, status="pending", progress={})
+    job = Job(
+        kind=JobKind.BASIS,
+        basis_id=basis.id,
+        token_id=token_id,
+        status=JobStatus.PENDING,
+        progress={},
+    )
     session.add(job)
     session.flush()
     return basis, job
@@ -185,7 +192,7 @@ def _resolve(
 
 
 def require_ready(basis: Basis) -> Basis:
-    if basis.status != "ready":
+    if basis.status != BasisStatus.READY:
         raise NotReady(
             f"{basis.kind} basis v{basis.version} of {basis.task_id!r} is {basis.status}; "
             "it is served once ready",
@@ -212,7 +219,7 @@ def job_of(session: Session, basis: Basis) -> int | None:
 
 def basis_public(session: Session, basis: Basis) -> dict:
     layers = None
-    if basis.status == "ready" and basis.layers:
+    if basis.status == BasisStatus.READY and basis.layers:
         layers = [
             {**info, "url": layer_path(basis.task_id, basis.kind, basis.version, info["name"])}
             for info in basis.layers
@@ -222,6 +229,7 @@ def basis_public(session: Session, basis: Basis) -> dict:
         "kind": basis.kind,
         "version": basis.version,
         "status": basis.status,
+        # The stored JSON as it is (an older row's keys too), less the registry's own uid.
         "params": {k: v for k, v in basis.params.items() if k != "uid"},
         "inputs_digest": basis.inputs_digest,
         "error": basis.error,
@@ -301,7 +309,7 @@ def _raise_latest(session: Session, basis: Basis) -> bool:
 def check_not_running(session: Session, task_id: str, kind: str) -> None:
     busy = session.scalar(
         select(func.count(Basis.id)).where(
-            Basis.task_id == task_id, Basis.kind == kind, Basis.status.in_(("pending", "running"))
+            Basis.task_id == task_id, Basis.kind == kind, Basis.status.in_(BASIS_ACTIVE)
         )
     )
     if busy:
@@ -313,8 +321,9 @@ def spec_for(reg: Registry, session: Session, basis: Basis):
     from services.compute import BasisSpec
     from services.trajectories import _options
 
+    params = BasisParams.from_json(basis.params)
     sources, options = {}, {}
-    for tid in basis.params.get("tasks") or []:
+    for tid in params.source_tasks:
         traj = get_trajectory(session, tid)
         sources[tid] = traj.url
         options[tid] = _options(reg, traj.url)
@@ -322,10 +331,10 @@ def spec_for(reg: Registry, session: Session, basis: Basis):
     return BasisSpec(
         basis_id=basis.id,
         task_id=basis.task_id,
-        kind=basis.kind,
+        kind=BasisKind(basis.kind),
         version=basis.version,
         url=basis.url,
-        params=dict(basis.params),
+        params=params,
         layout=dict(task.layout),
         sources=sources,
         source_options=options,

@@ -13,20 +13,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from services.basis_params import BasisParams
 from storage.basis import BasisStore
 from storage.errors import NotFound
 from storage.layout import Layout
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisKind
+
+# Bases labelled by their store URL (as `task_basis` labels them); the others by task ID.
+SINGLE_TASK = (BasisKind.TASK, BasisKind.GLOBAL)
 
 
 @dataclass(frozen=True)
 class BasisSpec:
     basis_id: int
     task_id: str
-    kind: str
+    kind: BasisKind
     version: int
     url: str
-    params: dict[str, Any]
+    params: BasisParams
     layout: dict[str, Any]
     sources: dict[str, str] = field(default_factory=dict)  # source task -> trajectory URL
     source_options: dict[str, dict] = field(default_factory=dict)  # source task -> fsspec opts
@@ -38,7 +43,7 @@ class BasisSpec:
             "task_id": self.task_id,
             "kind": self.kind,
             "version": self.version,
-            "uid": self.params.get("uid"),
+            "uid": self.params.uid,
         }
 
 
@@ -55,19 +60,19 @@ def make_basis_sources(spec: BasisSpec):
     from worker.svd.engine import make_sources
 
     stores = open_sources(spec)
-    sel = spec.params["selection"]
-    labels = None if spec.kind in ("task", "global") else list(spec.sources)
-    return make_sources(stores, [sel] * len(stores), spec.params["mode"], labels)
+    sel = spec.params.selection
+    labels = None if spec.kind in SINGLE_TASK else list(spec.sources)
+    return make_sources(stores, [sel] * len(stores), spec.params.mode, labels)
 
 
 def current_inputs_digest(spec: BasisSpec) -> str | None:
     """What `inputs_digest` the basis would record if computed now (None for random)."""
-    if spec.kind == "random":
+    if spec.kind == BasisKind.RANDOM:
         return None
     from worker.svd.engine import inputs_digest
 
     sources = make_basis_sources(spec)
-    return inputs_digest(sources, None, spec.params["mode"], spec.params["scope"])
+    return inputs_digest(sources, None, spec.params.mode, spec.params.scope)
 
 
 def compute(
@@ -80,15 +85,15 @@ def compute(
     """Compute and commit the basis of `spec`; returns the committed store."""
     meta = {"registry": spec.registry_meta}
     p = spec.params
-    if spec.kind == "random":
+    if spec.kind == BasisKind.RANDOM:
         from services.random_basis import random_basis
 
         layout = Layout.from_dict(spec.layout)
         return random_basis(
             spec.url,
             {g.name: g.size for g in layout.groups},
-            p["rank"],
-            p["seed"],
+            p.rank,
+            p.seed,
             meta={**meta, "layout": layout.to_dict()},
             storage_options=spec.storage_options,
             progress=progress,
@@ -96,18 +101,18 @@ def compute(
     from worker.svd.engine import BasisRequest, compute_bases
 
     extra: dict[str, Any] = dict(meta)
-    if spec.kind in ("unified", "zeroshot"):
+    if spec.kind not in SINGLE_TASK:
         extra["tasks"] = list(spec.sources)
-    if spec.kind == "zeroshot":
-        extra["held_out"] = p["held_out"]
+    if spec.kind == BasisKind.ZEROSHOT:
+        extra["held_out"] = p.held_out
     request = BasisRequest(
-        spec.url, p["rank"], None, spec.kind, extra, storage_options=spec.storage_options
+        spec.url, p.rank, None, spec.kind, extra, storage_options=spec.storage_options
     )
     report = compute_bases(
         make_basis_sources(spec),
         [request],
-        mode=p["mode"],
-        scope=p["scope"],
+        mode=p.mode,
+        scope=p.scope,
         executor=executor,
         block_cols=block_cols,
         progress=progress,
@@ -124,6 +129,6 @@ def committed(spec: BasisSpec) -> BasisStore | None:
         store = BasisStore.open(spec.url, spec.storage_options)
     except NotFound:
         return None
-    if store.manifest.get("registry", {}).get("uid") != spec.params.get("uid"):
+    if store.manifest.get("registry", {}).get("uid") != spec.params.uid:
         return None
     return store

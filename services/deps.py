@@ -15,6 +15,7 @@ from services.context import Registry
 from services.security import authenticate, has_scope
 from services.settings import Settings
 from storage.errors import Forbidden, Unauthorized
+from storage.vocabulary import TokenScope
 
 
 def get_registry(request: Request) -> Registry:
@@ -47,10 +48,10 @@ class Principal:
     scopes: tuple[str, ...]
 
 
-ANONYMOUS_READER = Principal(token_id=None, name="anonymous", scopes=("read",))
+ANONYMOUS_READER = Principal(token_id=None, name="anonymous", scopes=(TokenScope.READ.value,))
 
 
-def require(scope: str) -> Callable[..., Principal]:
+def require(scope: TokenScope) -> Callable[..., Principal]:
     """A dependency that admits callers holding `scope` (admin > write > read)."""
 
     def check(
@@ -59,20 +60,22 @@ def require(scope: str) -> Callable[..., Principal]:
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> Principal:
         if creds is None:
-            if scope == "read" and registry.settings.anonymous_read:
+            if scope == TokenScope.READ and registry.settings.anonymous_read:
                 return ANONYMOUS_READER
             raise Unauthorized("this endpoint needs a bearer token (Authorization: Bearer ...)")
         row = authenticate(session, creds.credentials)
         if row is None:
             raise Unauthorized("the token is unknown or revoked")
         if not has_scope(row.scopes, scope):
-            raise Forbidden(f"token {row.name!r} has scopes {row.scopes}; this needs {scope!r}")
+            raise Forbidden(
+                f"token {row.name!r} has scopes {row.scopes}; this needs {scope.value!r}"
+            )
         return Principal(token_id=row.id, name=row.name, scopes=tuple(row.scopes))
 
     check.__name__ = f"require_{scope}"
     return check
 
 
-Reader = Annotated[Principal, Depends(require("read"))]
-Writer = Annotated[Principal, Depends(require("write"))]
-Admin = Annotated[Principal, Depends(require("admin"))]
+Reader = Annotated[Principal, Depends(require(TokenScope.READ))]
+Writer = Annotated[Principal, Depends(require(TokenScope.WRITE))]
+Admin = Annotated[Principal, Depends(require(TokenScope.ADMIN))]

@@ -46,6 +46,7 @@ from storage.basis import BasisStore
 from storage.errors import JobTimedOut, StorageError, TinysubError
 from storage.layout import Layout
 from storage.objects import Location
+from storage.vocabulary import BasisStatus, JobKind, JobStatus
 
 log = logging.getLogger(__name__)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -78,7 +79,7 @@ class Lease:
             Job.id == self.job_id,
             Job.owner == self.owner,
             Job.attempts == self.attempt,
-            Job.status == "running",
+            Job.status == JobStatus.RUNNING,
         )
 
 
@@ -98,7 +99,7 @@ class _Claimed:
     """What running a claimed job needs, read once: a basis job's spec, or a recompute job's
     request and the token that ordered it."""
 
-    kind: str
+    kind: JobKind
     attempts: int
     cancel: bool
     spec: BasisSpec | None
@@ -332,7 +333,7 @@ class JobRunner:
         or whose heartbeat was renewed, in between is left alone."""
         requeued = []
         with self.registry.db.session() as s:
-            q = select(Job).where(Job.status == "running")
+            q = select(Job).where(Job.status == JobStatus.RUNNING)
             if older_than is not None:
                 q = q.where(Job.heartbeat_at < utcnow() - timedelta(seconds=older_than))
             for job in s.scalars(q).all():
@@ -343,26 +344,26 @@ class JobRunner:
                 res = s.execute(
                     update(Job)
                     .where(*cond)
-                    .values(status="pending", owner=None, progress=progress)
+                    .values(status=JobStatus.PENDING, owner=None, progress=progress)
                     .execution_options(synchronize_session=False)
                 )
                 if res.rowcount == 1:
-                    _set_basis(s, job.basis_id, status="pending")
+                    _set_basis(s, job.basis_id, status=BasisStatus.PENDING)
                     requeued.append(job.id)
         return requeued
 
     def claim(self) -> int | None:
         with self.registry.db.session() as s:
             candidates = s.scalars(
-                select(Job.id).where(Job.status == "pending").order_by(Job.id).limit(8)
+                select(Job.id).where(Job.status == JobStatus.PENDING).order_by(Job.id).limit(8)
             ).all()
             for job_id in candidates:
                 now = utcnow()
                 res = s.execute(
                     update(Job)
-                    .where(Job.id == job_id, Job.status == "pending")
+                    .where(Job.id == job_id, Job.status == JobStatus.PENDING)
                     .values(
-                        status="running",
+                        status=JobStatus.RUNNING,
                         owner=self.owner,
                         attempts=Job.attempts + 1,
                         started_at=now,
@@ -373,7 +374,7 @@ class JobRunner:
                     basis_id, attempt = s.execute(
                         select(Job.basis_id, Job.attempts).where(Job.id == job_id)
                     ).one()
-                    _set_basis(s, basis_id, status="running")
+                    _set_basis(s, basis_id, status=BasisStatus.RUNNING)
                     s.commit()
                     with self._leases_guard:
                         self._leases[job_id] = Lease(job_id, self.owner, attempt)
@@ -396,10 +397,11 @@ class JobRunner:
         with self.registry.db.session() as s:
             job = s.get(Job, job_id)
             spec = None
-            if job.kind == "basis":
+            kind = JobKind(job.kind)
+            if kind == JobKind.BASIS:
                 spec = spec_for(self.registry, s, s.get(Basis, job.basis_id))
             return _Claimed(
-                job.kind, job.attempts, job.cancel_requested, spec, job.params, job.token_id
+                kind, job.attempts, job.cancel_requested, spec, job.params, job.token_id
             )
 
     def run_job(self, job_id: int) -> str:
@@ -428,7 +430,7 @@ class JobRunner:
         beat = _Heartbeat(self, lease)
         progress = _Progress(self, lease, beat)
         beat.start()
-        executor_name = spec.params.get("executor", "local") if spec is not None else None
+        executor_name = (spec.params.executor or "local") if spec is not None else None
         try:
             if claimed.cancel:
                 raise JobCancelled()
@@ -447,11 +449,11 @@ class JobRunner:
             return "lost"
         except JobCancelled:
             return self._finish_failed(
-                lease, spec, "cancelled", "cancelled by request", status="cancelled"
+                lease, spec, "cancelled", "cancelled by request", status=JobStatus.CANCELLED
             )
         except _Interrupted:
             self._requeue(lease, spend_attempt=False)
-            return "pending"
+            return JobStatus.PENDING
         except TinysubError as exc:
             return self._finish_failed(lease, spec, exc.code, str(exc))
         except Exception as exc:  # noqa: BLE001 - a worker or cluster failure: retry
@@ -461,7 +463,7 @@ class JobRunner:
             message = f"{type(exc).__name__}: {exc}"
             if attempts < settings.job_max_attempts:
                 self._requeue(lease, spend_attempt=True, error=message)
-                return "pending"
+                return JobStatus.PENDING
             return self._finish_failed(lease, spec, "tinysub_error", message)
         finally:
             beat.done.set()
@@ -511,7 +513,7 @@ class JobRunner:
             if not _transition(
                 s,
                 lease,
-                status="succeeded",
+                status=JobStatus.SUCCEEDED,
                 finished_at=utcnow(),
                 error=None,
                 error_code=None,
@@ -521,7 +523,7 @@ class JobRunner:
                 raise LeaseLost(f"job {lease.job_id}: lost its lease; queued nothing")
         if result["queued"] and not req.dry_run:
             self.notify()
-        return "succeeded"
+        return JobStatus.SUCCEEDED
 
     def _check_committed(self, spec: BasisSpec, store: BasisStore) -> None:
         groups = Layout.from_dict(spec.layout).group_names
@@ -548,7 +550,7 @@ class JobRunner:
             if not _transition(
                 s,
                 lease,
-                status="succeeded",
+                status=JobStatus.SUCCEEDED,
                 finished_at=utcnow(),
                 error=None,
                 error_code=None,
@@ -557,13 +559,13 @@ class JobRunner:
                 log.warning("job %s was taken over while it ran; leaving it", lease.job_id)
                 return "lost"
             basis = s.get(Basis, spec.basis_id)
-            basis.status = "ready"
+            basis.status = BasisStatus.READY
             basis.layers = layers
             basis.inputs_digest = store.manifest.get("inputs_digest")
             basis.ready_at = utcnow()
             basis.error = None
             move_latest(s, basis)
-        return "succeeded"
+        return JobStatus.SUCCEEDED
 
     def _finish_failed(
         self,
@@ -571,7 +573,7 @@ class JobRunner:
         spec: BasisSpec | None,
         code: str,
         message: str,
-        status: str = "failed",
+        status: JobStatus = JobStatus.FAILED,
     ) -> str:
         with self.registry.db.session() as s:
             if not _transition(
@@ -581,7 +583,7 @@ class JobRunner:
                 log.warning("job %s was taken over; not failing it", lease.job_id)
                 return "lost"
             basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
-            _set_basis(s, basis_id, status="failed", error=message)
+            _set_basis(s, basis_id, status=BasisStatus.FAILED, error=message)
         if spec is not None:
             # Nothing half-written stays behind (there is no manifest, so nothing would serve
             # it anyway).
@@ -592,7 +594,7 @@ class JobRunner:
         return status
 
     def _requeue(self, lease: Lease, *, spend_attempt: bool, error: str | None = None) -> None:
-        values: dict[str, Any] = {"status": "pending", "owner": None}
+        values: dict[str, Any] = {"status": JobStatus.PENDING, "owner": None}
         if not spend_attempt:
             values["attempts"] = Job.attempts - 1
         if error:
@@ -600,4 +602,4 @@ class JobRunner:
         with self.registry.db.session() as s:
             if _transition(s, lease, **values):
                 basis_id = s.scalar(select(Job.basis_id).where(Job.id == lease.job_id))
-                _set_basis(s, basis_id, status="pending")
+                _set_basis(s, basis_id, status=BasisStatus.PENDING)

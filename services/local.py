@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from storage.vocabulary import TokenScope
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -75,7 +77,7 @@ class LocalServer:
         db = Database(url)
         db.migrate()
         with db.session() as s:
-            _, plain = create_token(s, name, ["admin"])
+            _, plain = create_token(s, name, [TokenScope.ADMIN])
         db.dispose()
         return plain
 

@@ -25,12 +25,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-BASIS_KINDS = ("task", "unified", "zeroshot", "global", "random")
-BASIS_STATUSES = ("pending", "running", "ready", "failed")
-JOB_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
-JOB_FINISHED = ("succeeded", "failed", "cancelled")
-JOB_ACTIVE = ("pending", "running")
-SCOPES = ("read", "write", "admin")
+from storage.vocabulary import BasisStatus, JobKind, JobStatus
+
+# Kinds, statuses and scopes are storage.vocabulary's StrEnums; their columns stay strings (each
+# member is its string), so the schema and the stored bytes are those of revision 0001/0002.
 
 
 def utcnow() -> datetime:
@@ -91,7 +89,8 @@ class Basis(Base):
     task_id: Mapped[str] = mapped_column(ForeignKey("tasks.id"), index=True)
     kind: Mapped[str] = mapped_column(String(16))
     version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=BasisStatus.PENDING.value, index=True)
+    # services.basis_params.BasisParams, as JSON.
     params: Mapped[dict[str, Any]]
     url: Mapped[str] = mapped_column(Text)
     # Filled from the committed manifest: [{name, shape, dtype, sha256, nbytes, singular_values,
@@ -123,7 +122,7 @@ class Job(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     basis_id: Mapped[int | None] = mapped_column(ForeignKey("bases.id"), index=True)
-    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.PENDING.value, index=True)
     # {"phase": str, "phases": {phase: {"done": n, "total": n}}, "layers": {name: state}}
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -136,7 +135,7 @@ class Job(Base):
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     # Revision 0002 (kept last: the order of a migrated table's columns).
-    kind: Mapped[str] = mapped_column(String(16), default="basis")
+    kind: Mapped[str] = mapped_column(String(16), default=JobKind.BASIS.value)
     token_id: Mapped[int | None] = mapped_column(ForeignKey("tokens.id"), index=True)
     params: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)

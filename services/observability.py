@@ -31,13 +31,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.db import Database
 from services.models import Job
+from storage.vocabulary import JobStatus
 
 REQUEST_ID_HEADER = "X-Request-ID"
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("tinysub_request_id", default="-")
 # A caller's ID is echoed only if it is a short token: no log injection, no unbounded values.
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 UNMATCHED = "<unmatched>"
-JOB_STATUSES = ("pending", "running", "succeeded", "failed", "cancelled")
 # Registry requests span a 304 in under a millisecond to a multi-GB layer stream.
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 JOB_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
@@ -53,8 +53,8 @@ class _JobQueue(Collector):
         family = GaugeMetricFamily("tinysub_jobs", "Jobs by status.", labels=["status"])
         with self.db.session() as s:
             counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
-        for status in JOB_STATUSES:
-            family.add_metric([status], counts.get(status, 0))
+        for status in JobStatus:
+            family.add_metric([status.value], counts.get(status, 0))
         yield family
 
 

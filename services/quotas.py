@@ -21,9 +21,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.context import Registry
-from services.models import JOB_ACTIVE, Job, Token
+from services.models import Job, Token
 from services.security import has_scope
 from storage.errors import TooManyJobs
+from storage.vocabulary import JOB_ACTIVE, TokenScope
 
 # Jobs take minutes to hours; a client told to come back sooner would only be refused again.
 RETRY_AFTER_SECONDS = 30
@@ -45,7 +46,7 @@ def room(
     if token_id is None:
         return None
     scopes = session.scalar(select(Token.scopes).where(Token.id == token_id).with_for_update())
-    if has_scope(scopes or (), "admin"):
+    if has_scope(scopes or (), TokenScope.ADMIN):
         return None
     cap = reg.settings.max_pending_jobs_per_token
     return max(0, cap - pending_jobs(session, token_id, besides=besides))

@@ -24,6 +24,7 @@ import numpy as np
 from storage.basis import BasisStore, BasisWriter
 from storage.errors import InvalidInput, storage_error
 from storage.objects import Location, zarr_store
+from storage.vocabulary import BasisKind
 from worker.svd.random_basis import GENERATOR, block_rows, random_orthonormal, steps
 
 
@@ -58,7 +59,7 @@ def random_basis(
         for name in shapes
     }
     full_meta = {
-        "kind": "random",
+        "kind": BasisKind.RANDOM,
         "seed": seed,
         "requested_rank": k,
         "generator": GENERATOR,

@@ -18,17 +18,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from sqlalchemy import and_, func, select
 from sqlalchemy.orm import Session
 
 from services.bases import create_basis_job, spec_for
+from services.basis_params import BasisParams
 from services.compute import BasisSpec, current_inputs_digest
 from services.context import Registry
-from services.models import JOB_ACTIVE, Basis, Task
+from services.models import Basis, Task
 from services.schemas import RecomputeRequest
-from storage.errors import TinysubError
+from storage.errors import InvalidInput, TinysubError
+from storage.vocabulary import BASIS_ACTIVE, BasisKind, BasisStatus
 
 Progress = Callable[[str, int, int], None]
 
@@ -39,13 +40,14 @@ class Candidate:
 
     basis_id: int
     task_id: str
-    kind: str
+    kind: BasisKind
     version: int
-    status: str
-    params: dict[str, Any]
+    status: BasisStatus
+    params: BasisParams | None  # None: the stored parameters cannot be read (params_error)
     inputs_digest: str | None
     spec: BasisSpec | None = None  # what `decide` digests (stale_only, ready, not random)
     spec_error: str | None = None  # why there is no spec: its inputs cannot be found
+    params_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +93,12 @@ def select_newest(reg: Registry, session: Session, req: RecomputeRequest) -> lis
     )
     out = []
     for b in session.scalars(q):
-        spec, error = None, None
-        if req.stale_only and b.status == "ready" and b.kind != "random":
+        spec, error, params, params_error = None, None, None, None
+        try:
+            params = BasisParams.from_json(b.params)
+        except InvalidInput as exc:
+            params_error = str(exc)
+        if req.stale_only and b.status == BasisStatus.READY and b.kind != BasisKind.RANDOM:
             try:
                 spec = spec_for(reg, session, b)
             except TinysubError as exc:
@@ -101,13 +107,14 @@ def select_newest(reg: Registry, session: Session, req: RecomputeRequest) -> lis
             Candidate(
                 b.id,
                 b.task_id,
-                b.kind,
+                BasisKind(b.kind),
                 b.version,
-                b.status,
-                dict(b.params),
+                BasisStatus(b.status),
+                params,
                 b.inputs_digest,
                 spec,
                 error,
+                params_error,
             )  # fmt: skip
         )
     return out
@@ -127,13 +134,15 @@ def decide(
 
 
 def _decide(req: RecomputeRequest, c: Candidate) -> Decision:
-    if c.status in JOB_ACTIVE:
+    if c.status in BASIS_ACTIVE:
         return Decision(c, f"version {c.version} is already {c.status}", False)
+    if c.params is None:
+        return Decision(c, f"version {c.version}'s {c.params_error}", False)
     if not req.stale_only:
         return Decision(c, "requested", True)
-    if c.kind == "random":
+    if c.kind == BasisKind.RANDOM:
         return Decision(c, "a random basis reads no inputs", False)
-    if c.status != "ready":
+    if c.status != BasisStatus.READY:
         return Decision(c, f"version {c.version} {c.status}", True)
     if c.spec is None:
         return Decision(c, f"inputs cannot be read: {c.spec_error}", False)
@@ -174,7 +183,7 @@ def queue(
             version = newest.version if newest is not None else c.version
             skipped.append(_item(c, f"version {version} appeared while the recompute ran"))
             continue
-        if newest.status in JOB_ACTIVE:
+        if newest.status in BASIS_ACTIVE:
             skipped.append(_item(c, f"version {c.version} is already {newest.status}"))
             continue
         if room is not None and len(queued) >= room:
@@ -187,9 +196,10 @@ def queue(
                 )
             )
             continue
-        params = dict(c.params, uid=uuid.uuid4().hex)
-        if params.get("executor") not in ("local", reg.settings.executor):
-            params["executor"] = reg.settings.executor
+        assert c.params is not None  # `_decide` recomputes none without readable parameters
+        params = c.params.with_changes(uid=uuid.uuid4().hex)
+        if params.executor not in ("local", reg.settings.executor):
+            params = params.with_changes(executor=reg.settings.executor)
         if req.dry_run:
             queued.append(_item(c, d.reason, version=c.version + 1))
             continue

@@ -8,11 +8,19 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from services.security import SLUG_PATTERN
+from storage.vocabulary import (
+    BasisKind,
+    BasisMode,
+    BasisStatus,
+    JobKind,
+    JobStatus,
+    PartStatus,
+    TokenScope,
+)
 
+# Kinds, modes, statuses and scopes are storage.vocabulary's StrEnums: the JSON holds the same
+# strings, and the OpenAPI document lists the allowed values (one schema per enum).
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
-Kind = Literal["task", "unified", "zeroshot", "global", "random"]
-Mode = Literal["raw", "delta", "centered"]
-Scope = Literal["read", "write", "admin"]
 Dtype = Literal["float32", "float16", "bfloat16"]
 # all | last | last:K | first:K | every:K (the kernels' checkpoint selections)
 Selection = Annotated[
@@ -115,7 +123,7 @@ class PartPublic(_Out):
     group: str
     offset: int
     count: int
-    status: Literal["staged", "committed"]
+    status: PartStatus
 
 
 class StagedPart(_Out):
@@ -149,9 +157,9 @@ class RowPublic(_Out):
 
 # -------------------------------------------------------------------------------------- bases
 class BasisCreate(_In):
-    kind: Kind = "task"
+    kind: BasisKind = BasisKind.TASK
     rank: Annotated[int, Field(ge=1, le=4096)] = 8
-    mode: Mode = "delta"
+    mode: BasisMode = BasisMode.DELTA
     selection: Selection | list[Annotated[int, Field(ge=0)]] | None = Field(
         None, description="Checkpoint rows; default all (task, global) or last (unified, zeroshot)."
     )
@@ -182,9 +190,9 @@ class LayerPublic(_Out):
 
 class BasisPublic(_Out):
     task_id: str
-    kind: str
+    kind: BasisKind
     version: int
-    status: str
+    status: BasisStatus
     params: dict[str, Any]
     inputs_digest: str | None
     error: str | None
@@ -205,7 +213,7 @@ class AliasSet(_In):
 
 class AliasPublic(_Out):
     task_id: str
-    kind: str
+    kind: BasisKind
     name: str
     version: int
     updated_at: datetime
@@ -215,14 +223,14 @@ class AliasPublic(_Out):
 class RecomputeRequest(_In):
     task_ids: list[Slug] | None = Field(None, max_length=10000)
     model: Annotated[str, StringConstraints(max_length=200)] | None = None
-    kinds: list[Kind] | None = None
+    kinds: list[BasisKind] | None = None
     stale_only: bool = False
     dry_run: bool = False
 
 
 class RecomputeItem(_Out):
     task_id: str
-    kind: str
+    kind: BasisKind
     version: int = Field(description="The version the recomputation produces (or would).")
     previous_version: int
     job_id: int | None
@@ -237,19 +245,19 @@ class RecomputeResult(_Out):
 # --------------------------------------------------------------------------------------- jobs
 class BasisRef(_Out):
     task_id: str
-    kind: str
+    kind: BasisKind
     version: int
 
 
 class JobPublic(_Out):
     id: int
-    kind: Literal["basis", "recompute"] = Field(
-        "basis",
+    kind: JobKind = Field(
+        JobKind.BASIS,
         description="basis: computes `basis`. recompute: selects bases by `params` (a "
         "RecomputeRequest), then queues one basis job each; `result` lists them.",
     )
     basis: BasisRef | None = Field(description="The basis a basis job computes; null otherwise.")
-    status: str
+    status: JobStatus
     progress: dict[str, Any]
     error: str | None
     error_code: str | None
@@ -271,13 +279,13 @@ class JobList(Page):
 # ------------------------------------------------------------------------------------- tokens
 class TokenCreate(_In):
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    scopes: list[Scope] = Field(min_length=1)
+    scopes: list[TokenScope] = Field(min_length=1)
 
 
 class TokenPublic(_Out):
     id: int
     name: str
-    scopes: list[str]
+    scopes: list[TokenScope]
     created_at: datetime
     revoked_at: datetime | None
 
@@ -291,7 +299,7 @@ class RunCreate(_In):
     task_id: Slug
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_-]{1,32}$")]
     basis_task_id: Slug | None = None
-    basis_kind: Kind | None = None
+    basis_kind: BasisKind | None = None
     basis_version: DbInt | None = None
     seed: Annotated[int, Field(ge=0, lt=2**63)] = 0
     params: dict[str, Any] = Field(default_factory=dict)
@@ -306,7 +314,7 @@ class RunPublic(_Out):
     task_id: str
     method: str
     basis_task_id: str | None
-    basis_kind: str | None
+    basis_kind: BasisKind | None
     basis_version: int | None
     seed: int
     params: dict[str, Any]

@@ -20,9 +20,10 @@ from urllib.parse import unquote
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.models import SCOPES, Token, utcnow
+from services.models import Token, utcnow
 from services.settings import Settings
 from storage.errors import Forbidden, InvalidInput, NotFound
+from storage.vocabulary import TokenScope, values
 
 TOKEN_PREFIX = "tsk_"
 # Slugs: lowercase ASCII, digits, '-' and '_'; no dots, so '..' can never appear in a path.
@@ -30,7 +31,7 @@ SLUG_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
 _SLUG = re.compile(SLUG_PATTERN)
 # Parameter group names become directory names in stores: no separators, no leading dot.
 _GROUP = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SCOPE_RANK = {scope: i for i, scope in enumerate(SCOPES)}  # admin > write > read
+_SCOPE_RANK = {scope.value: scope.rank for scope in TokenScope}  # admin > write > read
 
 
 def check_slug(value: str, what: str = "id") -> str:
@@ -57,14 +58,16 @@ def hash_token(token: str) -> str:
 
 
 def check_scopes(scopes: Iterable[str]) -> list[str]:
-    out = sorted(set(scopes), key=lambda s: _SCOPE_RANK.get(s, -1))  # unknown ones sort too
+    """The scopes as a token row stores them: plain strings, once each, read < write < admin."""
+    # str(): a TokenScope member becomes its plain string (in messages and in the JSON column).
+    out = sorted({str(s) for s in scopes}, key=lambda s: _SCOPE_RANK.get(s, -1))
     bad = [s for s in out if s not in _SCOPE_RANK]
     if bad or not out:
-        raise InvalidInput(f"scopes {bad or '[]'} are not valid; use some of {list(SCOPES)}")
+        raise InvalidInput(f"scopes {bad or '[]'} are not valid; use some of {values(TokenScope)}")
     return out
 
 
-def has_scope(scopes: Iterable[str], needed: str) -> bool:
+def has_scope(scopes: Iterable[str], needed: TokenScope) -> bool:
     """admin implies write implies read."""
     return any(_SCOPE_RANK.get(s, -1) >= _SCOPE_RANK[needed] for s in scopes)
 

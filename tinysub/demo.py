@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from storage.vocabulary import BasisKind, BasisMode
+
 log = logging.getLogger(__name__)
 
 
@@ -165,8 +167,8 @@ def run_demo(cfg: DemoConfig, progress=None) -> dict:
         # task: the trajectory's own subspace; global: one subspace for the whole encoder;
         # random: the seeded baseline of the same shapes.
         jobs = {
-            kind: client.compute_basis(DEMO_TASK, kind, rank=cfg.rank, mode="delta")
-            for kind in ("task", "global", "random")
+            kind: client.compute_basis(DEMO_TASK, kind, rank=cfg.rank, mode=BasisMode.DELTA)
+            for kind in (BasisKind.TASK, BasisKind.GLOBAL, BasisKind.RANDOM)
         }
         for done, job in enumerate(jobs.values(), 1):
             job.wait(timeout=600)
@@ -234,6 +236,7 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
     Every run sees the same data, seed, steps and learning rates; only the trainable
     parameters differ (all of them, or `rank` per layer in the task's own / a random subspace).
     """
+    from client.refs import BasisRef, RegistryConfig
     from storage.trajectory import TrajectoryStore
     from worker.finetune.config import SubspaceConfig
     from worker.finetune.data import load_task
@@ -253,7 +256,11 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
         train_size=cfg.finetune_train_size or (800 if task == "rotten_tomatoes" else None),
         dev_size=cfg.finetune_dev_size or (400 if task == "rotten_tomatoes" else None),
     )
-    remote = dict(registry=server.url, token=client.token, basis_task=registry_task)
+    # Both runs pull the task's own "task" basis (random takes only its rank from it).
+    remote = dict(
+        registry=RegistryConfig(server.url, token=client.token),
+        basis_ref=BasisRef(registry_task, "task"),
+    )
     stages = ("full", "basis", "intrinsic", "random")
 
     def tick(name: str) -> None:
@@ -275,7 +282,9 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
     client.create_task(registry_task, model=store.model_name, layout=store.layout)
     client.upload_trajectory(registry_task, str(work / "trajectory"))
     rank = min(cfg.finetune_rank, store.num_rows - 1)
-    client.compute_basis(registry_task, "task", rank=rank, mode="delta").wait(timeout=1800)
+    client.compute_basis(registry_task, BasisKind.TASK, rank=rank, mode=BasisMode.DELTA).wait(
+        timeout=1800
+    )
     tick("basis")
     sub = SubspaceConfig(rank=rank)
     for method in ("intrinsic", "random"):

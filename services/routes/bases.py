@@ -35,7 +35,6 @@ from services.schemas import (
     BasisList,
     BasisPublic,
     JobPublic,
-    Kind,
     Slug,
 )
 from services.security import SLUG_PATTERN
@@ -43,6 +42,7 @@ from services.streaming import etag_matches, parse_range, prefetched, quote_etag
 from services.trajectories import get_task
 from storage.basis import BasisStore
 from storage.errors import Conflict, NotFound, StorageError
+from storage.vocabulary import BasisKind
 
 router = APIRouter(prefix="/tasks/{task_id}/bases", tags=["bases"], route_class=AuthFirstRoute)
 Version = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -83,7 +83,7 @@ def list_versions(
     task_id: TaskId,
     session: SessionDep,
     _: Reader,
-    kind: Annotated[Kind | None, Query()] = None,
+    kind: Annotated[BasisKind | None, Query()] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
@@ -110,7 +110,7 @@ def list_versions(
 )
 def manifest(
     task_id: TaskId,
-    kind: Kind,
+    kind: BasisKind,
     session: SessionDep,
     _: Reader,
     version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
@@ -132,7 +132,7 @@ def manifest(
 
 @router.get("/{kind}/versions/{version}", response_model=BasisPublic)
 def get_version(
-    task_id: TaskId, kind: Kind, version: Version, session: SessionDep, _: Reader
+    task_id: TaskId, kind: BasisKind, version: Version, session: SessionDep, _: Reader
 ) -> dict:
     get_task(session, task_id)
     return basis_service.basis_public(
@@ -207,7 +207,7 @@ def _layer_response(
 )
 def layer_bytes(
     task_id: TaskId,
-    kind: Kind,
+    kind: BasisKind,
     version: Version,
     layer: LayerName,
     registry: RegistryDep,
@@ -248,7 +248,7 @@ def layer_bytes(
 )
 def layer_head(
     task_id: TaskId,
-    kind: Kind,
+    kind: BasisKind,
     version: Version,
     layer: LayerName,
     registry: RegistryDep,
@@ -274,7 +274,7 @@ def layer_head(
 
 
 @router.get("/{kind}/aliases", response_model=list[AliasPublic])
-def list_aliases(task_id: TaskId, kind: Kind, session: SessionDep, _: Reader) -> list[Alias]:
+def list_aliases(task_id: TaskId, kind: BasisKind, session: SessionDep, _: Reader) -> list[Alias]:
     get_task(session, task_id)
     return list(
         session.scalars(
@@ -286,7 +286,7 @@ def list_aliases(task_id: TaskId, kind: Kind, session: SessionDep, _: Reader) ->
 @router.put("/{kind}/aliases/{name}", response_model=AliasPublic)
 def set_alias(
     task_id: TaskId,
-    kind: Kind,
+    kind: BasisKind,
     name: AliasName,
     body: AliasSet,
     registry: RegistryDep,
@@ -304,7 +304,7 @@ def set_alias(
 @router.delete("/{kind}/aliases/{name}", status_code=204)
 def delete_alias(
     task_id: TaskId,
-    kind: Kind,
+    kind: BasisKind,
     name: AliasName,
     registry: RegistryDep,
     session: SessionDep,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import func, select, update
@@ -13,6 +13,7 @@ from services.models import Basis, Job, utcnow
 from services.routes.auth_first import AuthFirstRoute
 from services.schemas import ErrorPublic, JobList, JobPublic, Slug
 from storage.errors import Conflict, NotFound
+from storage.vocabulary import JOB_ACTIVE, BasisStatus, JobKind, JobStatus
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], route_class=AuthFirstRoute)
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -68,11 +69,9 @@ def notify_runner(request: Request) -> None:
 def list_jobs(
     session: SessionDep,
     _: Reader,
-    status: Annotated[
-        Literal["pending", "running", "succeeded", "failed", "cancelled"] | None, Query()
-    ] = None,
+    status: Annotated[JobStatus | None, Query()] = None,
     task_id: Annotated[Slug | None, Query()] = None,
-    kind: Annotated[Literal["basis", "recompute"] | None, Query()] = None,
+    kind: Annotated[JobKind | None, Query()] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> dict:
@@ -121,9 +120,9 @@ def _cancel_pending(session: Session, job: Job) -> bool:
     """Cancel `job` if it is still pending (and its basis with it); False if it is not."""
     done = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status == "pending")
+        .where(Job.id == job.id, Job.status == JobStatus.PENDING)
         .values(
-            status="cancelled",
+            status=JobStatus.CANCELLED,
             cancel_requested=True,
             error="cancelled by request",
             error_code="cancelled",
@@ -138,7 +137,7 @@ def _cancel_pending(session: Session, job: Job) -> bool:
     session.execute(
         update(Basis)
         .where(Basis.id == job.basis_id)
-        .values(status="failed", error="cancelled by request")
+        .values(status=BasisStatus.FAILED, error="cancelled by request")
         .execution_options(synchronize_session=False)
     )
     return True
@@ -150,7 +149,7 @@ def _request_cancel(session: Session, job: Job) -> bool:
     the request and ends cancelled before computing anything."""
     done = session.execute(
         update(Job)
-        .where(Job.id == job.id, Job.status.in_(("pending", "running")))
+        .where(Job.id == job.id, Job.status.in_(JOB_ACTIVE))
         .values(cancel_requested=True)
         .execution_options(synchronize_session=False)
     )

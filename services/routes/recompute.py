@@ -11,6 +11,7 @@ from services.models import Job
 from services.routes.auth_first import AuthFirstRoute
 from services.routes.jobs import TOO_MANY_JOBS, job_public, notify_runner
 from services.schemas import JobPublic, RecomputeRequest
+from storage.vocabulary import JobKind, JobStatus
 
 router = APIRouter(tags=["recompute"], route_class=AuthFirstRoute)
 
@@ -27,8 +28,8 @@ def recompute(
     `result` lists the basis jobs it queued and the bases it skipped, with reasons."""
     with quotas.one_more_job(registry, session, caller.token_id):
         job = Job(
-            kind="recompute",
-            status="pending",
+            kind=JobKind.RECOMPUTE,
+            status=JobStatus.PENDING,
             progress={},
             params=body.model_dump(mode="json"),
             token_id=caller.token_id,

@@ -7,8 +7,16 @@ from typing import Annotated
 import typer
 
 from storage.errors import InvalidInput
+from storage.vocabulary import BasisKind, BasisMode, BasisScope, parse, values
 from tinysub.cli.common import console, job_progress, phase_progress, print_json, show_progress
 from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
+
+# The kinds `compute` makes from stores (a random basis is the registry's: `order` makes it).
+STORE_KINDS = (BasisKind.TASK, BasisKind.UNIFIED, BasisKind.ZEROSHOT, BasisKind.GLOBAL)
+# Choices stay plain strings (checked by storage.vocabulary.parse): a bad one is one line.
+STORE_KIND_HELP = " | ".join(values(STORE_KINDS))
+KIND_HELP = " | ".join(values(BasisKind))
+MODE_HELP = " | ".join(values(BasisMode))
 
 app = typer.Typer(
     help="Compute bases from stores, or order, list and pull them from a registry.",
@@ -46,8 +54,8 @@ def compute(
             help="Where the basis (or, for unified/zeroshot, the folder of bases) is written.",
         ),
     ],
-    kind: Annotated[str, typer.Option(help="task | unified | zeroshot | global")] = "task",
-    mode: Annotated[str, typer.Option(help="raw | delta | centered")] = "delta",
+    kind: Annotated[str, typer.Option(help=STORE_KIND_HELP)] = BasisKind.TASK.value,
+    mode: Annotated[str, typer.Option(help=MODE_HELP)] = BasisMode.DELTA.value,
     rank: Annotated[int, typer.Option("--rank", "-k", help="Basis dimension per layer.")] = 8,
     select: Annotated[
         str | None,
@@ -72,11 +80,10 @@ def compute(
     """Compute bases: the exact Gram route, or randomized SVD for long trajectories."""
     # Long by nature: the flags in the signature, mapped onto one call of the engine.
     from worker.executors import make_executor
-    from worker.svd.bases import KINDS, multitask_bases, task_basis
+    from worker.svd.bases import multitask_bases, task_basis
     from worker.svd.method import RandomizedMethod, method_from_name
 
-    if kind not in KINDS:
-        raise InvalidInput(f"kind {kind!r} is not one of {list(KINDS)}")
+    chosen_kind = parse(BasisKind, kind, "kind", among=STORE_KINDS)
     # The flags name the method; the engine takes it typed, with its own parameters.
     chosen = method_from_name(method)
     if isinstance(chosen, RandomizedMethod):
@@ -92,7 +99,7 @@ def compute(
             overwrite=overwrite,
             method=chosen,
         )
-        if kind in ("task", "global"):
+        if chosen_kind in (BasisKind.TASK, BasisKind.GLOBAL):
             if len(stores) != 1:
                 raise InvalidInput(f"a {kind} basis takes one --store, got {len(stores)}")
             report = task_basis(
@@ -100,7 +107,7 @@ def compute(
                 out,
                 rank,
                 selection=select,
-                scope="global" if kind == "global" else "layer",
+                scope=BasisScope.GLOBAL if chosen_kind == BasisKind.GLOBAL else BasisScope.LAYER,
                 **common,
             )
         else:
@@ -109,8 +116,8 @@ def compute(
                 out,
                 rank,
                 selection=select or "last",
-                unified=kind == "unified",
-                zeroshot=kind == "zeroshot",
+                unified=chosen_kind == BasisKind.UNIFIED,
+                zeroshot=chosen_kind == BasisKind.ZEROSHOT,
                 **common,
             )
     result = {
@@ -138,9 +145,9 @@ def compute(
 @app.command("order")
 def order(
     task_id: Annotated[str, typer.Argument(help="The task the basis belongs to.")],
-    kind: Annotated[str, typer.Option(help="task | unified | zeroshot | global | random")] = "task",
+    kind: Annotated[str, typer.Option(help=KIND_HELP)] = BasisKind.TASK.value,
     rank: Annotated[int, typer.Option("--rank", "-k", help="Basis dimension per layer.")] = 8,
-    mode: Annotated[str, typer.Option(help="raw | delta | centered")] = "delta",
+    mode: Annotated[str, typer.Option(help=MODE_HELP)] = BasisMode.DELTA.value,
     select: Annotated[
         str | None, typer.Option(help="all, last, last:K, first:K or every:K.")
     ] = None,
@@ -214,7 +221,7 @@ def list_bases(
 @app.command("pull")
 def pull(
     task_id: str,
-    kind: Annotated[str, typer.Option(help="Basis kind.")] = "task",
+    kind: Annotated[str, typer.Option(help="Basis kind.")] = BasisKind.TASK.value,
     version: Annotated[int | None, typer.Option(help="A version (default: the alias).")] = None,
     alias: Annotated[str, typer.Option(help="An alias.")] = "latest",
     layer: Annotated[list[str] | None, typer.Option(help="Only these layers.")] = None,

@@ -10,6 +10,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from storage.vocabulary import JobStatus
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -65,7 +67,7 @@ def job_progress(enabled: bool) -> Iterator[Any]:
             if job.id not in tasks:
                 tasks[job.id] = bar.add_task(f"job {job.id} {job.label}", total=1.0, phase="")
             phase = job.status if job.done else job.progress.get("phase", job.status)
-            done = 1.0 if job.status == "succeeded" else job.fraction
+            done = 1.0 if job.status == JobStatus.SUCCEEDED else job.fraction
             bar.update(tasks[job.id], completed=done or 0.0, phase=phase)
 
         yield on_update

@@ -28,6 +28,7 @@ from storage.basis import BasisStore
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.layout import Group, Layout, locate_params
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisMode
 from worker.finetune.projection import DenseProjection
 from worker.finetune.reparam import SubspaceModel, _key
 from worker.svd.gram import check_mode
@@ -244,7 +245,7 @@ def oracle_state(
 
 # ----------------------------------------------------------------------------- trajectory
 def trajectory_extent(
-    traj: TrajectoryStore, layer: str, v: np.ndarray, mode: str = "delta"
+    traj: TrajectoryStore, layer: str, v: np.ndarray, mode: BasisMode | str = BasisMode.DELTA
 ) -> np.ndarray:
     """(k,) for each column v_k of V: max over recorded rows i of |(w_i - w_0) . v_k|.
 

@@ -21,17 +21,16 @@ from typing import Any
 
 from storage.errors import InvalidInput
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisKind, BasisMode, BasisScope, SvdMethod, parse
 from worker.svd.engine import BasisRequest, ComputeReport, compute_bases, make_sources
 from worker.svd.method import GramMethod, Method, method_from_name
-
-KINDS = ("task", "unified", "zeroshot", "global")
 
 
 def _join(out: str, name: str) -> str:
     return os.path.join(out, name) if "://" not in out else f"{out.rstrip('/')}/{name}"
 
 
-def _method(method: Method | str) -> Method:
+def _method(method: Method | SvdMethod | str) -> Method:
     """Callers that name the method (scripts, `method="randomized"`) get its defaults."""
     return method_from_name(method) if isinstance(method, str) else method
 
@@ -47,12 +46,12 @@ def task_basis(
     out_url: str,
     rank: int,
     *,
-    mode: str = "delta",
+    mode: BasisMode | str = BasisMode.DELTA,
     selection: str | Sequence[int] | None = None,
-    scope: str = "layer",
+    scope: BasisScope | str = BasisScope.LAYER,
     storage_options: dict[str, Any] | None = None,
     out_storage_options: dict[str, Any] | None = None,
-    method: Method | str = GramMethod(),
+    method: Method | SvdMethod | str = GramMethod(),
     **kw: Any,
 ) -> ComputeReport:
     """The basis of one task's own trajectory (scope='global' for the whole-encoder one).
@@ -63,7 +62,8 @@ def task_basis(
     """
     store = TrajectoryStore.open(store_url, storage_options=storage_options)
     sources = make_sources([store], [selection], mode)
-    kind = "global" if scope == "global" else "task"
+    scope = parse(BasisScope, scope, "scope")
+    kind = BasisKind.GLOBAL if scope == BasisScope.GLOBAL else BasisKind.TASK
     out_opts = _out(storage_options, out_storage_options)
     request = BasisRequest(out_url, rank, kind=kind, storage_options=out_opts)
     return compute_bases(sources, [request], mode=mode, scope=scope, method=_method(method), **kw)
@@ -74,13 +74,13 @@ def multitask_bases(
     out_dir: str,
     rank: int,
     *,
-    mode: str = "delta",
+    mode: BasisMode | str = BasisMode.DELTA,
     selection: str | Sequence[int] | None = "last",
     unified: bool = True,
     zeroshot: bool | Sequence[str] = True,
     storage_options: dict[str, Any] | None = None,
     out_storage_options: dict[str, Any] | None = None,
-    method: Method | str = GramMethod(),
+    method: Method | SvdMethod | str = GramMethod(),
     **kw: Any,
 ) -> ComputeReport:
     """Unified basis over all tasks and a zero-shot basis per task, from one Gram.
@@ -104,7 +104,12 @@ def multitask_bases(
     if unified:
         requests.append(
             BasisRequest(
-                _join(out_dir, "unified"), rank, None, "unified", {"tasks": labels}, out_opts
+                _join(out_dir, BasisKind.UNIFIED),
+                rank,
+                None,
+                BasisKind.UNIFIED,
+                {"tasks": labels},
+                out_opts,
             )
         )
     held_out = labels if zeroshot is True else list(zeroshot or [])
@@ -112,13 +117,14 @@ def multitask_bases(
         if lb not in spans:
             raise InvalidInput(f"zero-shot task {lb!r} is not among {labels}")
         members = [i for i in range(pos) if i not in set(spans[lb])]
-        kk = min(rank, len(members)) if mode != "centered" else min(rank, len(members) - 1)
+        centered = mode == BasisMode.CENTERED
+        kk = min(rank, len(members) - 1) if centered else min(rank, len(members))
         requests.append(
             BasisRequest(
                 _join(out_dir, f"zeroshot-{lb}"),
                 max(kk, 1),
                 members,
-                "zeroshot",
+                BasisKind.ZEROSHOT,
                 {"tasks": [x for x in labels if x != lb], "held_out": lb},
                 out_opts,
             )

@@ -17,6 +17,7 @@ from typing import Any, NotRequired, TypedDict
 
 from storage.basis import BasisStore, BasisWriter
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisKind, BasisMode, BasisScope, SvdMethod
 from worker.executors import Executor
 from worker.svd.gram import SmallSolve
 from worker.svd.phases import Phases
@@ -48,12 +49,12 @@ class BasisMeta(TypedDict):
     """What the engine records in a basis' manifest, before the request's own `meta` (which
     may add keys such as tasks and held_out, or override these)."""
 
-    kind: str
-    mode: str
-    scope: str
+    kind: BasisKind
+    mode: BasisMode
+    scope: BasisScope
     requested_rank: int
     rcond: float
-    method: str
+    method: SvdMethod
     method_params: dict[str, Any]
     layout: dict[str, Any]
     model_name: str | None
@@ -143,7 +144,10 @@ def source_meta(s: SourceRows) -> SourceMeta:
 
 
 def inputs_digest(
-    sources: Sequence[SourceRows], members: Sequence[int] | None, mode: str, scope: str
+    sources: Sequence[SourceRows],
+    members: Sequence[int] | None,
+    mode: BasisMode | str,
+    scope: BasisScope | str,
 ) -> str:
     """Identity of a basis' inputs: store rows (by their committed sha256) and parameters.
     A basis is stale when the digest of its inputs today differs from the one it recorded."""

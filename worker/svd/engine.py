@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from storage.basis import BasisStore
+from storage.vocabulary import BasisMode, BasisScope
 from worker.executors import Executor, LocalExecutor
 from worker.svd.commit import commit, discard_on_failure, inputs_digest
 from worker.svd.method import GramMethod, Method, RandomizedMethod, method_from_name
@@ -67,8 +68,8 @@ def compute_bases(
     sources: Sequence[SourceRows],
     requests: Sequence[BasisRequest],
     *,
-    mode: str = "delta",
-    scope: str = "layer",
+    mode: BasisMode | str = BasisMode.DELTA,
+    scope: BasisScope | str = BasisScope.LAYER,
     groups: Sequence[str] | None = None,
     executor: Executor | None = None,
     block_cols: int = DEFAULT_BLOCK_COLS,

@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 
 from storage.errors import InvalidInput
+from storage.vocabulary import BasisMode, parse
 from worker.executors.base import tree_reduce
 from worker.executors.local import LocalExecutor
 from worker.svd.backend import Products, RowBlock
 
-MODES = ("raw", "delta", "centered")
 # Singular values at or below rcond * sigma_1 are dropped, per mode: the cut keeps every
 # direction the kernel computes accurately. delta/centered go through eigh of the Gram, whose
 # error on a vector grows as (sigma_1/sigma_i)^2 eps64 (measured on a 1e7 spectrum: 2.9e-4 rad at
@@ -54,24 +54,23 @@ MODES = ("raw", "delta", "centered")
 # factor (see `shifted_factor`): every vector of a spectrum reaching 1e-6 within 7.5e-5 rad, and
 # all 32 directions of a real MiniLM trajectory (down to 5e-6) within 8e-6 rad, where the old
 # common cut of 1e-5 dropped 3 to 19 of them.
-RCOND = {"raw": 1e-7, "delta": 1e-5, "centered": 1e-5}
+RCOND = {BasisMode.RAW: 1e-7, BasisMode.DELTA: 1e-5, BasisMode.CENTERED: 1e-5}
 
 
-def resolve_rcond(mode: str, rcond: float | None, *, factored: bool = True) -> float:
+def resolve_rcond(mode: BasisMode | str, rcond: float | None, *, factored: bool = True) -> float:
     """The cutoff to use: the one given, or the mode's default (`RCOND`). factored=False: raw
     rows decomposed without the shift row (eigh of their Gram) or by the randomized route,
     whose accuracy is that of the Gram route, so they get the delta cut."""
     if rcond is None:
-        return RCOND[check_mode(mode) if factored else "delta"]
+        return RCOND[check_mode(mode) if factored else BasisMode.DELTA]
     if not 0 <= rcond < 1:
         raise InvalidInput(f"rcond must be in [0, 1), got {rcond}")
     return float(rcond)
 
 
-def check_mode(mode: str) -> str:
-    if mode not in MODES:
-        raise InvalidInput(f"mode {mode!r} is not one of {list(MODES)}")
-    return mode
+def check_mode(mode: BasisMode | str) -> BasisMode:
+    """`mode` as a BasisMode; InvalidInput naming the modes otherwise."""
+    return parse(BasisMode, mode, "mode")
 
 
 @dataclass
@@ -114,7 +113,7 @@ def centering_transform(n: int) -> np.ndarray:
 def row_transform(
     n_all: int,
     members: Sequence[int] | np.ndarray | None = None,
-    mode: str = "raw",
+    mode: BasisMode | str = BasisMode.RAW,
     *,
     augmented: bool = False,
 ) -> np.ndarray:
@@ -133,7 +132,7 @@ def row_transform(
     if np.unique(idx).size != idx.size:
         raise InvalidInput(f"member rows {idx.tolist()} name a row twice")
     t = np.eye(n_all)[idx]
-    if mode == "centered":
+    if check_mode(mode) == BasisMode.CENTERED:
         t = centering_transform(idx.size) @ t
     if augmented:
         t = np.hstack([t, t.sum(axis=1, keepdims=True)])
@@ -170,7 +169,7 @@ def solve_gram(
     g: np.ndarray,
     k: int,
     *,
-    mode: str = "raw",
+    mode: BasisMode | str = BasisMode.RAW,
     members: np.ndarray | None = None,
     rcond: float | None = None,
     augmented: bool = False,
@@ -183,8 +182,8 @@ def solve_gram(
     rcond * sigma_1 are dropped (never divided by), so the rank returned can be below k.
     Returns m with V = Z^T m.
     """
-    check_mode(mode)
-    rcond = resolve_rcond(mode, rcond, factored=augmented or mode != "raw")
+    mode = check_mode(mode)
+    rcond = resolve_rcond(mode, rcond, factored=augmented or mode != BasisMode.RAW)
     if not np.all(np.isfinite(g)):
         raise InvalidInput("the trajectory holds NaN or Inf values; its Gram is not finite")
     n_all = g.shape[0] - int(augmented)
@@ -213,7 +212,7 @@ def solve_gram(
         idx = np.arange(n_all) if members is None else np.asarray(members, dtype=np.int64)
         coords = (g @ m)[:n_all][idx]
         extent = np.sqrt(np.mean(coords**2, axis=0))
-    elif mode == "raw":
+    elif mode == BasisMode.RAW:
         extent = None  # raw rows with no theta0 to measure motion from
     else:
         extent = motion_extent(u, s)
@@ -256,7 +255,7 @@ class Basis:
     v: np.ndarray
     singular_values: np.ndarray
     energy: np.ndarray
-    mode: str
+    mode: BasisMode
 
     @property
     def rank(self) -> int:
@@ -267,7 +266,7 @@ def gram_basis(
     chunks: Iterable[np.ndarray],
     k: int,
     *,
-    mode: str = "raw",
+    mode: BasisMode | str = BasisMode.RAW,
     ref_row: int | None = 0,
     rcond: float | None = None,
     device: str | None = None,
@@ -286,7 +285,7 @@ def gram_basis(
     are summed as a pairwise tree in chunk order, the order the executors use, so the same
     chunking gives the same bytes as `compute_bases`.
     """
-    check_mode(mode)
+    mode = check_mode(mode)
     prod = Products(device)
     blocks = member_chunks(chunks, mode, ref_row)
     augmented = blocks[0][2] is not None
@@ -312,25 +311,27 @@ def gram_basis(
     return Basis(v=v, singular_values=solve.singular_values, energy=solve.energy, mode=mode)
 
 
-def member_chunks(chunks: Iterable[np.ndarray], mode: str, ref_row: int | None) -> list[RowBlock]:
+def member_chunks(
+    chunks: Iterable[np.ndarray], mode: BasisMode | str, ref_row: int | None
+) -> list[RowBlock]:
     """Each column chunk of W (t, c) as the rows of Z: (rows of X, the row to subtract from
     them in float64, the shift row appended after them in raw mode with a ref_row, else None).
 
     The rows are those a chunk task reads from a store, so the in-memory and store routes
     multiply the same matrices. Slices, not copies, where the rows are contiguous.
     """
-    check_mode(mode)
+    mode = check_mode(mode)
     chunk_list = list(chunks)
     if not chunk_list:
         raise InvalidInput("no columns to decompose")
     t = chunk_list[0].shape[0]
     if any(c.ndim != 2 or c.shape[0] != t for c in chunk_list):
         raise InvalidInput(f"column chunks must all be 2-d with {t} rows")
-    if ref_row is None and mode == "delta":
+    if ref_row is None and mode == BasisMode.DELTA:
         raise InvalidInput("delta mode subtracts theta0: give ref_row, the row that holds it")
     if ref_row is not None and not 0 <= ref_row < t:
         raise InvalidInput(f"ref_row {ref_row} is not a row of a trajectory with {t} rows")
-    if mode == "raw":
+    if mode == BasisMode.RAW:
         if ref_row is None:
             return [(c, None, None) for c in chunk_list]
         return [(c, [(slice(0, t), c[ref_row])], c[ref_row]) for c in chunk_list]
@@ -353,7 +354,7 @@ def svd_basis(
     w: np.ndarray,
     k: int,
     *,
-    mode: str = "raw",
+    mode: BasisMode | str = BasisMode.RAW,
     ref_row: int | None = 0,
     chunk_cols: int = 1 << 18,
     **kw: Any,

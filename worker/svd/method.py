@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, TypeAlias
 
 from storage.errors import InvalidInput
+from storage.vocabulary import SvdMethod, parse
 from worker.svd.randomized import SketchParams
 
 __all__ = [
-    "METHOD_NAMES",
     "GramMethod",
     "Method",
     "RandomizedMethod",
@@ -32,7 +32,7 @@ class GramMethod:
     """Exact: per layer group the float64 Gram of every row any basis uses, then one small
     eigenproblem per basis. Two passes over the data (Gram, projection)."""
 
-    name: ClassVar[str] = "gram"
+    name: ClassVar[SvdMethod] = SvdMethod.GRAM
     # raw mode is solved through the small factor of the shift row, so it gets the raw cut
     # (see `gram.resolve_rcond`).
     factored: ClassVar[bool] = True
@@ -57,7 +57,7 @@ class RandomizedMethod:
     power_iters: int = 2
     seed: int = 0
 
-    name: ClassVar[str] = "randomized"
+    name: ClassVar[SvdMethod] = SvdMethod.RANDOMIZED
     # the randomized route never forms the raw factor: its accuracy is the Gram route's.
     factored: ClassVar[bool] = False
 
@@ -80,24 +80,22 @@ class RandomizedMethod:
 
 
 Method: TypeAlias = GramMethod | RandomizedMethod
-METHOD_NAMES = (GramMethod.name, RandomizedMethod.name)
+_CLASSES: dict[SvdMethod, type[GramMethod] | type[RandomizedMethod]] = {
+    GramMethod.name: GramMethod,
+    RandomizedMethod.name: RandomizedMethod,
+}
 
 
-def method_from_name(name: str, **params: Any) -> Method:
-    """The method an edge names as a string (a CLI flag, a script's keyword), with its
-    parameters; unknown names and parameters the method does not take raise InvalidInput."""
-    classes: dict[str, type[GramMethod] | type[RandomizedMethod]] = {
-        GramMethod.name: GramMethod,
-        RandomizedMethod.name: RandomizedMethod,
-    }
-    cls = classes.get(name)
-    if cls is None:
-        raise InvalidInput(f"method {name!r} is not one of {list(METHOD_NAMES)}")
+def method_from_name(name: SvdMethod | str, **params: Any) -> Method:
+    """The method an edge names (a CLI flag, a script's keyword), with its parameters; unknown
+    names and parameters the method does not take raise InvalidInput."""
+    name = parse(SvdMethod, name, "method")
+    cls = _CLASSES[name]
     try:
         return cls(**params)
     except TypeError:
         raise InvalidInput(
-            f"method {name!r} does not take the parameters {sorted(params)}"
+            f"method {name.value!r} does not take the parameters {sorted(params)}"
         ) from None
 
 

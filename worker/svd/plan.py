@@ -16,12 +16,13 @@ from storage.basis import BasisStore
 from storage.errors import Conflict, InvalidInput
 from storage.layout import Layout
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisKind, BasisMode, BasisScope, parse
 from worker.svd.gram import check_mode, resolve_rcond
 from worker.svd.method import Method, check_method
 from worker.svd.tasks import BlockTask, SourceRows
 
-SCOPES = ("layer", "global")
-GLOBAL_KEY = "global"  # the reduction key of a global basis: every layer's blocks sum into it
+# The reduction key of a global basis: every layer's blocks sum into it.
+GLOBAL_KEY = BasisScope.GLOBAL.value
 
 
 @dataclass
@@ -31,9 +32,12 @@ class BasisRequest:
     out_url: str
     rank: int
     members: Sequence[int] | None = None  # indices into the concatenated rows; None = all
-    kind: str = "task"
+    kind: BasisKind = BasisKind.TASK
     meta: dict[str, Any] = field(default_factory=dict)
     storage_options: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        self.kind = parse(BasisKind, self.kind, "basis kind")  # callers may name it: "task"
 
 
 @dataclass(frozen=True)
@@ -42,8 +46,8 @@ class Plan:
 
     sources: tuple[SourceRows, ...]
     requests: tuple[BasisRequest, ...]
-    mode: str
-    scope: str
+    mode: BasisMode
+    scope: BasisScope
     method: Method
     rcond: float  # resolved, so the manifest records the cut that was applied
     groups: tuple[str, ...]
@@ -58,11 +62,11 @@ class Plan:
     @property
     def augmented(self) -> bool:
         """Raw mode adds theta0 as a shift row (see `worker.svd.gram`)."""
-        return self.mode == "raw"
+        return self.mode == BasisMode.RAW
 
     def reduction_key(self, group: str) -> Hashable:
         """The key a group's blocks are summed under: its own, or one for a global basis."""
-        return GLOBAL_KEY if self.scope == "global" else group
+        return GLOBAL_KEY if self.scope == BasisScope.GLOBAL else group
 
     @property
     def bytes_read(self) -> int:
@@ -77,8 +81,8 @@ def make_plan(
     sources: Sequence[SourceRows],
     requests: Sequence[BasisRequest],
     *,
-    mode: str,
-    scope: str,
+    mode: BasisMode | str,
+    scope: BasisScope | str,
     method: Method,
     groups: Sequence[str] | None = None,
     rcond: float | None = None,
@@ -88,9 +92,8 @@ def make_plan(
 ) -> Plan:
     """Check everything that can be checked without reading data and lay out the blocks.
     Raises InvalidInput (or Conflict for an existing basis) before anything is written."""
-    check_mode(mode)
-    if scope not in SCOPES:
-        raise InvalidInput(f"scope {scope!r} is not one of {list(SCOPES)}")
+    mode = check_mode(mode)
+    scope = parse(BasisScope, scope, "scope")
     check_method(method)
     rcond = resolve_rcond(mode, rcond, factored=method.factored)
     if not sources or not requests:
@@ -103,7 +106,7 @@ def make_plan(
     n = sum(len(s.rows) for s in sources)
     check_ranks(requests, n)
     blocks = tuple(
-        BlockTask(tuple(sources), g, a, b, device, augment=mode == "raw")
+        BlockTask(tuple(sources), g, a, b, device, augment=mode == BasisMode.RAW)
         for g in group_names
         for a, b in store.column_ranges(g, block_cols)
     )
@@ -118,7 +121,7 @@ def check_ranks(requests: Sequence[BasisRequest], n: int) -> None:
         members = range(n) if req.members is None else req.members
         if req.rank < 1 or req.rank > len(members):
             raise InvalidInput(
-                f"basis {req.kind!r} spans {len(members)} rows but rank {req.rank} "
+                f"basis {req.kind.value!r} spans {len(members)} rows but rank {req.rank} "
                 f"was asked for; use 1 <= k <= {len(members)}"
             )
 

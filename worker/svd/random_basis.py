@@ -45,6 +45,7 @@ from collections.abc import Callable, Iterator, Mapping
 import numpy as np
 
 from storage.errors import InvalidInput
+from storage.vocabulary import BasisScope, parse
 from worker.svd.backend import single_thread
 
 try:  # torch is a core dependency; the registry's numpy-only fallback cannot draw these bits
@@ -54,7 +55,6 @@ except ImportError:  # pragma: no cover - exercised only on torch-less installs
     torch = None  # type: ignore[assignment]
 
 GENERATOR = "gaussian+cholesky-qr/1"
-SCOPES = ("layer", "global")
 # Values torch's Gaussian fill transforms together: a tail block holds at least this many.
 FILL = 16
 # Streamed blocks are multiples of this many rows (see the module docstring).
@@ -112,11 +112,9 @@ def gaussian_blocks(
         yield a, b, torch.randn(b - a, k, generator=gen, dtype=torch.float64)
 
 
-def _check(shapes: Mapping[str, int], k: int, seed: int, scope: str) -> None:
+def _check(shapes: Mapping[str, int], k: int, seed: int, scope: BasisScope) -> None:
     if torch is None:  # pragma: no cover
         raise InvalidInput("a random basis needs torch (its generator fixes the bits)")
-    if scope not in SCOPES:
-        raise InvalidInput(f"scope must be one of {list(SCOPES)}, got {scope!r}")
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise InvalidInput(f"a random basis needs a non-negative integer seed, got {seed!r}")
     if k < 1:
@@ -124,9 +122,9 @@ def _check(shapes: Mapping[str, int], k: int, seed: int, scope: str) -> None:
     if not shapes:
         raise InvalidInput("a random basis needs at least one layer")
     too_small = {n: d for n, d in shapes.items() if d < k}
-    if scope == "layer" and too_small:
+    if scope == BasisScope.LAYER and too_small:
         raise InvalidInput(f"layers {too_small} have fewer rows than k={k}")
-    if scope == "global" and sum(shapes.values()) < k:
+    if scope == BasisScope.GLOBAL and sum(shapes.values()) < k:
         raise InvalidInput(f"the encoder has {sum(shapes.values())} parameters, fewer than k={k}")
 
 
@@ -153,7 +151,7 @@ def random_orthonormal(
     k: int,
     seed: int,
     *,
-    scope: str = "layer",
+    scope: BasisScope | str = BasisScope.LAYER,
     write: Write | None = None,
     tick: Callable[[], None] | None = None,
     rows_per_block: int | None = None,
@@ -168,6 +166,7 @@ def random_orthonormal(
     the bytes. `tick()` runs after every block of both passes (`steps` counts them when
     streaming): where a job checks cancel, stop and lease.
     """
+    scope = parse(BasisScope, scope, "scope")
     _check(shapes, k, seed, scope)
     step = rows_per_block or (block_rows(k) if write is not None else None)
     row_blocks(1, 1, step)  # validates the step before any work
@@ -206,7 +205,7 @@ def random_orthonormal(
             out[name] = full
 
     with single_thread():
-        if scope == "global":
+        if scope == BasisScope.GLOBAL:
             total = torch.zeros(k, k, dtype=torch.float64)
             for i, (_name, d) in enumerate(layers):
                 total += gram(i, d, None)

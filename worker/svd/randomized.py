@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from storage.errors import InvalidInput
+from storage.vocabulary import BasisMode
 from worker.executors.base import Executor, tree_reduce
 from worker.svd.backend import Products
 from worker.svd.gram import (
@@ -105,7 +106,7 @@ def randomized_solves(
     n: int,
     targets: Sequence[Target],
     *,
-    mode: str,
+    mode: BasisMode | str,
     params: SketchParams,
     rcond: float | None = None,
     augmented: bool = False,
@@ -119,7 +120,7 @@ def randomized_solves(
     rows and each target takes T Y; the power passes multiply by all targets' T^T Q side by
     side. Returns, per key, one SmallSolve per target (V = Z^T m), like `gram.solve_gram`.
     """
-    check_mode(mode)
+    mode = check_mode(mode)
     rcond = resolve_rcond(mode, rcond, factored=False)
     ts = [row_transform(n, tg.members, mode, augmented=augmented) for tg in targets]
     for tg, t in zip(targets, ts, strict=True):
@@ -159,7 +160,7 @@ def randomized_solves(
                 targets[r].k,
                 totals[key][r],
                 rcond,
-                extent=mode != "raw",
+                extent=mode != BasisMode.RAW,
             )
             for r in range(len(ts))
         ]
@@ -173,11 +174,11 @@ def _orth(y: np.ndarray) -> np.ndarray:
 
 
 def _energy_weights(
-    n: int, members: Sequence[np.ndarray], mode: str, augmented: bool
+    n: int, members: Sequence[np.ndarray], mode: BasisMode, augmented: bool
 ) -> np.ndarray:
     """Row weights e whose Z Z^T e gives each target's total energy: the member indicator of
     each centred target, or the shift row alone in raw mode."""
-    if mode == "centered":
+    if mode == BasisMode.CENTERED:
         e = np.zeros((n, len(members)))
         for j, idx in enumerate(members):
             e[idx, j] = 1.0
@@ -190,7 +191,7 @@ def _energy_weights(
 
 
 def _totals(
-    part: SketchPart, members: Sequence[np.ndarray], mode: str, augmented: bool
+    part: SketchPart, members: Sequence[np.ndarray], mode: BasisMode, augmented: bool
 ) -> list[float]:
     """|T Z|_F^2 per target without the Gram: the member rows' squared norms; minus
     |sum|^2 / n_r when centred (the energy removed with the mean); plus 2 x_i.r + |r|^2 per row
@@ -198,7 +199,7 @@ def _totals(
     out = []
     for j, idx in enumerate(members):
         total = float(part.sq_norms[idx].sum())
-        if mode == "centered":
+        if mode == BasisMode.CENTERED:
             total -= float(part.gram_e[idx, j].sum()) / idx.size
         elif augmented:
             col = part.gram_e[:, 0]  # Gram(Z) e_last = (X r, |r|^2)
@@ -242,7 +243,7 @@ def randomized_basis(
     w: np.ndarray,
     k: int,
     *,
-    mode: str = "raw",
+    mode: BasisMode | str = BasisMode.RAW,
     ref_row: int | None = 0,
     oversample: int = 10,
     power_iters: int = 2,
@@ -259,6 +260,7 @@ def randomized_basis(
     same bytes as `compute_bases(..., method=RandomizedMethod())`. Memory: O(t * chunk + t * l).
     """
     params = SketchParams(oversample, power_iters, seed)
+    mode = check_mode(mode)
     blocks = member_chunks(column_chunks(w, chunk_cols), mode, ref_row)
     augmented = blocks[0][2] is not None
     starts = np.concatenate([[0], np.cumsum([b[0].shape[1] for b in blocks])]).astype(int)
@@ -297,7 +299,7 @@ def randomized_on_executor(
     n: int,
     targets: Sequence[Target],
     *,
-    mode: str,
+    mode: BasisMode | str,
     params: SketchParams,
     rcond: float | None = None,
     augmented: bool = False,

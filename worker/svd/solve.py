@@ -14,6 +14,7 @@ from typing import cast
 
 import numpy as np
 
+from storage.vocabulary import BasisScope
 from worker.executors import Executor
 from worker.svd.gram import SmallSolve, solve_gram
 from worker.svd.method import RandomizedMethod
@@ -48,7 +49,7 @@ def _group_of(block: BlockTask) -> str:
 
 def solve_grams(plan: Plan, grams: Mapping[str, np.ndarray]) -> Solves:
     """The small solves of the Gram route from each group's Gram of the union of rows."""
-    if plan.scope != "global":
+    if plan.scope != BasisScope.GLOBAL:
         return [{g: _solve_one(plan, grams[g], req) for g in plan.groups} for req in plan.requests]
     # The whole-encoder Gram is the sum of the layer Grams: W_global = [W_0 | W_1 | ...].
     # A plan has at least one group, so the sum is an array, never sum()'s start value 0.

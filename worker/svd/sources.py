@@ -12,12 +12,13 @@ from collections.abc import Sequence
 
 from storage.errors import InvalidInput, LayoutMismatch
 from storage.trajectory import TrajectoryStore
+from storage.vocabulary import BasisMode
 from worker.svd.gram import check_mode
 from worker.svd.tasks import SourceRows
 
 
 def select_rows(
-    store: TrajectoryStore, selection: str | Sequence[int] | None, mode: str
+    store: TrajectoryStore, selection: str | Sequence[int] | None, mode: BasisMode | str
 ) -> tuple[int, ...]:
     """Resolve a checkpoint selection: None/'all' (rows 1..t-1, the fine-tuning checkpoints),
     'last', 'every:K', 'first:K', 'last:K', or explicit row indices."""
@@ -51,7 +52,7 @@ def select_rows(
         bad = [r for r in rows if not 0 <= r < t]
         if bad:
             raise InvalidInput(f"rows {bad} are not in {store.url}, which has {t} rows")
-    if mode != "raw":
+    if check_mode(mode) != BasisMode.RAW:
         rows = [r for r in rows if r != 0]
     if not rows:
         raise InvalidInput(
@@ -64,10 +65,10 @@ def select_rows(
 def make_sources(
     stores: Sequence[TrajectoryStore],
     selections: Sequence[str | Sequence[int] | None],
-    mode: str,
+    mode: BasisMode | str,
     labels: Sequence[str] | None = None,
 ) -> list[SourceRows]:
-    check_mode(mode)
+    mode = check_mode(mode)
     first = stores[0]
     for s in stores[1:]:
         if s.layout.hash != first.layout.hash:
@@ -79,7 +80,7 @@ def make_sources(
     for i, (store, sel) in enumerate(zip(stores, selections, strict=True)):
         # theta0 (row 0) is subtracted in delta/centered modes; in raw mode the first
         # source's theta0 is only a float64 shift of every row (see worker.svd.gram).
-        ref_row = 0 if mode != "raw" or i == 0 else None
+        ref_row = 0 if mode != BasisMode.RAW or i == 0 else None
         out.append(
             SourceRows(
                 url=store.url,
