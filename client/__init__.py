@@ -16,9 +16,11 @@ from typing import Any
 
 __all__ = [
     "BasisCache",
+    "BasisRef",
     "Client",
     "Job",
     "PulledBasis",
+    "RegistryConfig",
     "RetriesExhausted",
     "RetryPolicy",
     "error_from_body",
@@ -27,9 +29,11 @@ __all__ = [
 
 _WHERE = {
     "BasisCache": "client.cache",
+    "BasisRef": "client.refs",
     "Client": "client.client",
     "Job": "client.jobs",
     "PulledBasis": "client.transfer",
+    "RegistryConfig": "client.refs",
     "RetriesExhausted": "client.retry",
     "RetryPolicy": "client.retry",
     "error_from_body": "client.errors",

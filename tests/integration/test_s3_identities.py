@@ -147,7 +147,7 @@ def test_each_role_can_do_its_work_and_no_more(s3):
     uploads = Location.from_url(f"{registry}/uploads/b", compute)
     _denied(lambda: uploads.write_bytes_atomic(b"x", "row-1"))
 
-    # Deleting: the registry may under registry/ (what a failed job left, services/jobs.py),
+    # Deleting: the registry may under registry/ (what a failed job left, services/jobs/finish.py),
     # a worker only under registry/bases/ (zarr drops chunks that hold only the fill value).
     # One object at a time: moto authorizes a multi-object delete against the bucket rather
     # than per key as S3 and MinIO do.

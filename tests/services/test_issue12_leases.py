@@ -15,7 +15,7 @@ from sqlalchemy import update
 
 from services import jobs as jobs_module
 from services.app import create_app
-from services.jobs import JobRunner
+from services.jobs import JobRunner, finish, work
 from services.models import Basis, Job, utcnow
 from storage.basis import BasisStore
 from storage.errors import StorageError
@@ -81,17 +81,17 @@ def test_a_runner_that_lost_its_lease_deletes_nothing(app, api, task_a, monkeypa
     # deleted the committed basis that `latest` points at.
     job_id = _order(api)
     a, b = app.state.runner, JobRunner(app.state.registry)
-    real_compute = jobs_module.compute
+    real_compute = work.compute
 
     def a_stalls_then_fails(spec, **kwargs):
-        monkeypatch.setattr(jobs_module, "compute", real_compute)  # B computes for real
+        monkeypatch.setattr(work, "compute", real_compute)  # B computes for real
         _make_stale(app, job_id)
         assert b.requeue_orphans(older_than=60) == [job_id]
         assert b.run_pending() == [job_id]
         raise StorageError("a chunk went missing under the stalled runner")
 
     assert a.claim() == job_id
-    monkeypatch.setattr(jobs_module, "compute", a_stalls_then_fails)
+    monkeypatch.setattr(work, "compute", a_stalls_then_fails)
     assert a.run_job(job_id) == "lost"
     _, basis = _rows(app, job_id)
     folder = Path(app.state.registry.settings.resolved_store_root) / basis.url
@@ -102,8 +102,8 @@ def test_every_write_of_a_lost_lease_is_refused(app, api, taken_over):
     a, job_id, folder = taken_over
     lease = jobs_module.Lease(job_id, a.owner, 1)
     job_before, _ = _rows(app, job_id)
-    assert a._finish_failed(lease, None, "tinysub_error", "late failure") == "lost"
-    a._requeue(lease, spend_attempt=True, error="late retry")
+    assert finish.finish_failed(a.registry, lease, None, "tinysub_error", "late failure") == "lost"
+    finish.requeue(a.registry, lease, spend_attempt=True, error="late retry")
     beat = jobs_module._Heartbeat(a, lease)
     progress = jobs_module._Progress(a, lease, beat)
     with pytest.raises(jobs_module.LeaseLost):
@@ -163,7 +163,7 @@ def _runner(tmp_path) -> JobRunner:
 def test_only_one_runner_per_database_and_startup_takes_no_live_job(
     app, api, tmp_path, task_a, monkeypatch
 ):
-    real_compute = jobs_module.compute
+    real_compute = work.compute
     release = threading.Event()
 
     def held_compute(spec, *, progress, **kwargs):
@@ -172,7 +172,7 @@ def test_only_one_runner_per_database_and_startup_takes_no_live_job(
             time.sleep(0.02)
         return real_compute(spec, progress=progress, **kwargs)
 
-    monkeypatch.setattr(jobs_module, "compute", held_compute)
+    monkeypatch.setattr(work, "compute", held_compute)
     first, second = _runner(tmp_path), _runner(tmp_path)
     try:
         first.start()

@@ -10,6 +10,7 @@ from sqlalchemy import update
 
 from services.app import create_app
 from services.compute import compute
+from services.jobs.work import load
 from services.models import Basis, Job
 from storage.basis import BasisStore, BasisWriter
 from tests.services.helpers import add_task, api_client, auth, layer_bytes, make_settings, token_for
@@ -66,7 +67,7 @@ def test_job_left_running_is_rerun_after_restart(app, api, tmp_path, task_a):
 def test_basis_committed_before_the_crash_is_adopted_not_recomputed(app, api, tmp_path, task_a):
     job_id = _order(api)
     app.state.runner.claim()
-    spec = app.state.runner._load(job_id).spec
+    spec = load(app.state.registry, job_id).spec
     store = compute(spec, executor=LocalExecutor(1), block_cols=1 << 18)  # then the crash
     stamp = (tmp_path / spec.url / "tinysub-basis.json").stat().st_mtime_ns
 
@@ -82,7 +83,7 @@ def test_basis_committed_before_the_crash_is_adopted_not_recomputed(app, api, tm
 def test_half_written_basis_is_never_ready_and_gets_recomputed(app, api, tmp_path, task_a):
     job_id = _order(api)
     app.state.runner.claim()
-    spec = app.state.runner._load(job_id).spec
+    spec = load(app.state.registry, job_id).spec
     shapes = {g.name: (g.size, 3) for g in task_a.layout.groups}
     writer = BasisWriter.create(spec.url, shapes, chunk_rows=256)  # arrays, no manifest
     assert not BasisStore.exists(writer.url)

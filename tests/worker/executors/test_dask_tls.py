@@ -159,7 +159,7 @@ def test_dask_env_is_what_dask_reads(tmp_path, monkeypatch):
 # ---- a real cluster that requires mutual TLS -----------------------------------------------
 
 # The registry's side: only the environment says TLS; the executor is built by name and address
-# as the job runner builds it (services/jobs.py). Prints the basis' layer digests as JSON.
+# as the job runner builds it (services/jobs/pool.py). Prints the basis' layer digests as JSON.
 CLIENT_SCRIPT = """
 import json, sys
 from worker.executors import make_executor
