@@ -170,7 +170,7 @@ class BasisAPI(RegistryHTTP):
         """Pull a basis (task ID and kind, or a `BasisRef`) and return {layer: torch.Tensor
         (D, k) float32}, memory-mapped from the cache (copy-on-write: writing to a tensor never
         changes the cached file)."""
-        import torch
+        import torch  # noqa: PLC0415 - torch: slow; client and CLI must not need it
 
         pulled = self.pull_basis(
             task_id,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from safetensors import safe_open
 
 from storage.arrays import flatten_state
 from storage.errors import InvalidInput, NotFound
@@ -69,16 +70,14 @@ def load_state(path: str | os.PathLike) -> dict[str, Any]:
                 return load_state(path / name)
         raise NotFound(f"{path} has none of {list(WEIGHT_FILES)}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         try:
             with safe_open(str(path), framework="np") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - not a dict
         except TypeError:  # bfloat16 has no numpy dtype: go through torch
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # noqa: PLC0415 - torch: slow; client and CLI must not need it
 
             return load_file(str(path))
-    import torch
+    import torch  # noqa: PLC0415 - torch: slow; client and CLI must not need it
 
     return torch.load(str(path), map_location="cpu", weights_only=True)
 

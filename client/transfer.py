@@ -14,6 +14,15 @@ from typing import Any
 
 import httpx
 import numpy as np
+from filelock import FileLock
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TransferSpeedColumn,
+)
 
 from client.cache import BasisCache
 from client.errors import raise_for_response
@@ -55,8 +64,6 @@ def download_layer(
     earlier try, or an earlier process's) is continued from its last byte with Range and
     If-Range on the layer's ETag: a layer that changed since comes whole (200) and replaces
     it. `retry` decides how often a failed try is repeated."""
-    from filelock import FileLock
-
     sha, size = info["sha256"], int(info["nbytes"])
     final = cache.blob_path(sha)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -182,14 +189,6 @@ def progress_bar(enabled: bool, description: str):
     if not enabled:
         yield lambda n: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TransferSpeedColumn,
-    )
 
     with Progress(
         TextColumn("{task.description}"),

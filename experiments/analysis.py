@@ -24,10 +24,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from experiments.config import DISABLE_MODES, PaperConfig
 from experiments.plan import DEV_FRACTION, Planner
+from storage.basis import BasisStore
 from storage.errors import InvalidInput
+from storage.trajectory import TrajectoryStore
+from worker.finetune import diagnostics
+from worker.finetune import outlier_controls as oc
+from worker.finetune.data import load_task
+from worker.finetune.outliers import load_arrays
+from worker.finetune.train import TrainConfig, evaluate
 
 DIAGNOSTICS_FILE = "diagnostics.json"
 OUTLIERS_FILE = "outliers.json"
@@ -47,8 +55,6 @@ def _save(path: Path, data: dict[str, Any]) -> None:
 
 
 def _task_data(cfg: PaperConfig, task: str):
-    from worker.finetune.data import load_task
-
     return load_task(
         task,
         dev_fraction=DEV_FRACTION,
@@ -61,7 +67,7 @@ def _task_data(cfg: PaperConfig, task: str):
 
 def _saved_model(run_dir: str):
     """The merged model and tokenizer a run saved (save_model=True)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: PLC0415 - transformers: optional, slow
 
     folder = os.path.join(run_dir, "model")
     if not os.path.isdir(folder):
@@ -72,8 +78,6 @@ def _saved_model(run_dir: str):
 
 
 def _scorer(cfg: PaperConfig, task_data, tokenizer) -> Callable[[Any], float]:
-    from worker.finetune.train import TrainConfig, evaluate
-
     train_cfg = TrainConfig(max_length=cfg.max_length, device="cpu")
     return lambda model: float(evaluate(model, tokenizer, task_data, train_cfg)[task_data.metric])
 
@@ -81,12 +85,6 @@ def _scorer(cfg: PaperConfig, task_data, tokenizer) -> Callable[[Any], float]:
 # ----------------------------------------------------------------------------- diagnostics
 def diagnose(out: Path, planner: Planner, tick: Tick | None = None) -> dict[str, Any]:
     """Spectrum, trajectory extent and oracle curve per task (skips tasks already done)."""
-    import torch
-
-    from storage.basis import BasisStore
-    from storage.trajectory import TrajectoryStore
-    from worker.finetune import diagnostics
-
     cfg, paths = planner.cfg, planner.paths
     path = out / DIAGNOSTICS_FILE
     data = _load(path, {"spectrum": {}, "extent": {}, "oracle": {}})
@@ -144,10 +142,6 @@ def diagnose(out: Path, planner: Planner, tick: Tick | None = None) -> dict[str,
 # ----------------------------------------------------------------------------- outliers
 def outliers(out: Path, planner: Planner, tick: Tick | None = None) -> dict[str, Any]:
     """Where the paper-protocol outliers sit, and Table 3 zeroed in the finished models."""
-    from storage.trajectory import TrajectoryStore
-    from worker.finetune import outlier_controls as oc
-    from worker.finetune.outliers import load_arrays
-
     cfg, paths = planner.cfg, planner.paths
     path = out / OUTLIERS_FILE
     data = _load(
@@ -196,9 +190,6 @@ def _total(overlap: dict[str, Any]) -> dict[str, Any]:
 
 
 def _where(layout, positions, trajectory: Path) -> dict[str, Any]:
-    from storage.trajectory import TrajectoryStore
-    from worker.finetune import outlier_controls as oc
-
     traj = TrajectoryStore.open(str(trajectory))
     theta0 = {g: traj.read_row(0, g) for g in positions}
     count = int(sum(p.size for p in positions.values()))
@@ -218,8 +209,6 @@ def _where(layout, positions, trajectory: Path) -> dict[str, Any]:
 
 def _posthoc(cfg, planner: Planner, task: str, seed: int, layout, positions) -> dict[str, Any]:
     """Zero each control's weights in the finished full model of the same task and seed."""
-    from worker.finetune import outlier_controls as oc
-
     full = next(
         j
         for j in planner.table1()

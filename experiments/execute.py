@@ -14,7 +14,10 @@ import threading
 import time
 from typing import Any
 
+import torch
+
 from experiments.plan import Job
+from worker.finetune.runner import run
 
 PARENT_POLL_SECONDS = 1.0
 
@@ -42,8 +45,7 @@ def init_worker(threads: int, parent_pid: int | None = None) -> None:
     if parent_pid is not None:
         exit_with_parent(parent_pid)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    import torch
-    import transformers
+    import transformers  # noqa: PLC0415 - after TOKENIZERS_PARALLELISM is set; slow
 
     torch.set_num_threads(max(1, threads))
     transformers.logging.set_verbosity_error()
@@ -51,8 +53,6 @@ def init_worker(threads: int, parent_pid: int | None = None) -> None:
 
 
 def execute(job: Job) -> dict[str, Any]:
-    from worker.finetune.runner import run
-
     return to_record(job, run(job.spec))
 
 

@@ -21,6 +21,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from worker.finetune.outliers import plot_profiles
+
 # (mean, std or None) of a score, in points (x100).
 Point = tuple[float, float | None]
 
@@ -68,8 +70,6 @@ def outlier_profiles(
     panels: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, title: str = ""
 ) -> None:
     """Figure 4: delegates to the worker's plot so the experiment and the CLI draw the same."""
-    from worker.finetune.outliers import plot_profiles
-
     plot_profiles(panels, path, title)
 
 

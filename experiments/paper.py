@@ -38,13 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from experiments import analysis
-from experiments.config import PaperConfig
+from experiments.analysis import _task_data
+from experiments.config import D90_METHODS, PaperConfig
 from experiments.d90 import D90Search
 from experiments.ledger import Ledger
 from experiments.plan import DEV_FRACTION, Paths, Planner
+from experiments.report import build_report
 from experiments.scheduler import BudgetSpent, Scheduler
 from experiments.tune import NEEDS_BASIS, SEARCHES, Tuning, majority_score
+from storage.basis import BasisStore
 from storage.errors import InvalidInput
+from storage.trajectory import TrajectoryStore
+from worker.svd.bases import multitask_bases, task_basis
 
 log = logging.getLogger(__name__)
 
@@ -156,8 +161,6 @@ class PaperExperiment:
         self._set_config_extra(chosen=self.tuning.values())
 
     def _gate(self, freeze: dict[str, float]) -> None:
-        from experiments.analysis import _task_data
-
         tasks = {t: _task_data(self.cfg, t) for t in freeze}
         majority = {t: majority_score(d.metric, d.tune.labels) for t, d in tasks.items()}
         self.tuning.gate(freeze, majority, {t: d.metric for t, d in tasks.items()})
@@ -174,15 +177,10 @@ class PaperExperiment:
         scheduler.run("trajectory", jobs)
 
     def _layers(self) -> int:
-        from storage.trajectory import TrajectoryStore
-
         store = TrajectoryStore.open(self.paths.trajectory(self.cfg.tasks[0]))
         return len(store.layout.groups)
 
     def _bases(self, tasks: list[str], *, everything: bool = True) -> None:
-        from storage.basis import BasisStore
-        from worker.svd.bases import multitask_bases, task_basis
-
         cfg = self.cfg
         layers = self._layers()
         self._set_config_extra(layers=layers)
@@ -342,8 +340,6 @@ class PaperExperiment:
     def d90(self, task: str, method: str) -> dict[str, Any]:
         """One d90 search, with only what it needs: the task's full runs (and, for the
         intrinsic subspace, its trajectory and delta basis)."""
-        from experiments.config import D90_METHODS
-
         if task not in self.cfg.tasks:
             raise InvalidInput(f"task {task!r} is not among this experiment's {self.cfg.tasks}")
         if method not in D90_METHODS:
@@ -362,6 +358,4 @@ class PaperExperiment:
             return self._phase("d90", sch, lambda: self._d90(sch, [(task, method)]))[0]
 
     def report(self) -> Path:
-        from experiments.report import build_report
-
         return build_report(self.out)

@@ -17,11 +17,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.basis_params import BasisParams
+from services.compute import BasisSpec
 from services.context import Registry
 from services.models import Alias, Basis, Job, Task, utcnow
 from services.schemas import BasisCreate
 from services.security import check_slug
-from services.trajectories import get_task, get_trajectory, open_store, task_layout
+from services.trajectories import _options, get_task, get_trajectory, open_store, task_layout
 from storage.errors import Conflict, InvalidInput, LayoutMismatch, NotFound, NotReady
 from storage.vocabulary import BASIS_ACTIVE, BasisKind, BasisScope, BasisStatus, JobKind, JobStatus
 
@@ -57,7 +58,7 @@ def source_tasks(task_id: str, kind: BasisKind, tasks: list[str] | None) -> list
 
 def validate_order(reg: Registry, session: Session, task: Task, body: BasisCreate) -> BasisParams:
     """Check an order against what is stored; return the parameters the job will use."""
-    from worker.svd.engine import select_rows
+    from worker.svd.engine import select_rows  # noqa: PLC0415 - kernels import torch; serving must not
 
     kind = body.kind
     if body.executor not in (None, "local", reg.settings.executor):
@@ -318,9 +319,6 @@ def check_not_running(session: Session, task_id: str, kind: str) -> None:
 
 def spec_for(reg: Registry, session: Session, basis: Basis):
     """A session-free snapshot of what computing `basis` needs (services.compute.BasisSpec)."""
-    from services.compute import BasisSpec
-    from services.trajectories import _options
-
     params = BasisParams.from_json(basis.params)
     sources, options = {}, {}
     for tid in params.source_tasks:

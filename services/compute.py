@@ -57,7 +57,7 @@ def open_sources(spec: BasisSpec) -> list[TrajectoryStore]:
 def make_basis_sources(spec: BasisSpec):
     """The engine's SourceRows for a spec, labelled as the kernels label them: the store URL for
     single-task bases (as `task_basis` does), task IDs for multi-task ones."""
-    from worker.svd.engine import make_sources
+    from worker.svd.engine import make_sources  # noqa: PLC0415 - kernels import torch; serving must not
 
     stores = open_sources(spec)
     sel = spec.params.selection
@@ -69,7 +69,7 @@ def current_inputs_digest(spec: BasisSpec) -> str | None:
     """What `inputs_digest` the basis would record if computed now (None for random)."""
     if spec.kind == BasisKind.RANDOM:
         return None
-    from worker.svd.engine import inputs_digest
+    from worker.svd.engine import inputs_digest  # noqa: PLC0415 - kernels import torch; serving must not
 
     sources = make_basis_sources(spec)
     return inputs_digest(sources, None, spec.params.mode, spec.params.scope)
@@ -86,7 +86,7 @@ def compute(
     meta = {"registry": spec.registry_meta}
     p = spec.params
     if spec.kind == BasisKind.RANDOM:
-        from services.random_basis import random_basis
+        from services.random_basis import random_basis  # noqa: PLC0415 - kernels import torch; serving must not
 
         layout = Layout.from_dict(spec.layout)
         return random_basis(
@@ -98,7 +98,7 @@ def compute(
             storage_options=spec.storage_options,
             progress=progress,
         )
-    from worker.svd.engine import BasisRequest, compute_bases
+    from worker.svd.engine import BasisRequest, compute_bases  # noqa: PLC0415 - kernels import torch; serving must not
 
     extra: dict[str, Any] = dict(meta)
     if spec.kind not in SINGLE_TASK:

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.schemas import ErrorPublic
 from storage.errors import (
     Conflict,
     Forbidden,
@@ -70,8 +71,6 @@ _HTTP_CODES = {
 def error_responses() -> dict[int | str, dict[str, Any]]:
     """The error statuses every /v1 operation may answer, documented with their body schema
     (OpenAPI `responses`; clients and the fuzzer check answers against it)."""
-    from services.schemas import ErrorPublic
-
     described = {
         400: "The body cannot be parsed (not UTF-8).",
         401: "No valid bearer token.",

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import httpx
 
+from services.db import Database
+from services.security import create_token
+from services.settings import Settings
 from storage.vocabulary import TokenScope
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,10 +68,6 @@ class LocalServer:
 
     def admin_token(self, name: str = "local-admin") -> str:
         """A new admin token, written straight into the server's database."""
-        from services.db import Database
-        from services.security import create_token
-        from services.settings import Settings
-
         self.data_dir.mkdir(parents=True, exist_ok=True)
         url = (
             self.env.get("TINYSUB_DATABASE_URL")

@@ -20,6 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import numpy as np
+import zarr
 
 from storage.basis import BasisStore, BasisWriter
 from storage.errors import InvalidInput, storage_error
@@ -40,8 +41,6 @@ def random_basis(
     overwrite: bool = True,
 ) -> BasisStore:
     """Write a random orthonormal basis, one (D_g, k) layer per group, and commit it."""
-    import zarr
-
     for name, d in shapes.items():
         if not 1 <= k <= d:
             raise InvalidInput(f"rank {k} exceeds layer {name!r} of size {d}; use k <= {d}")

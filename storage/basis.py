@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec
 
 from storage.errors import (
     Conflict,
@@ -94,8 +96,6 @@ class LayerInfo:
 
 
 def _open_array(loc: Location, name: str, *, read_only: bool) -> AnyArray:
-    import zarr
-
     return zarr.open_array(
         zarr_store(loc, read_only=read_only), path=name, mode="r" if read_only else "r+"
     )
@@ -121,9 +121,6 @@ class BasisWriter:
         storage_options: dict[str, Any] | None = None,
         overwrite: bool = False,
     ) -> BasisWriter:
-        import zarr
-        from zarr.codecs import BytesCodec, Crc32cCodec
-
         loc = Location.from_url(url, storage_options)
         if loc.exists(MANIFEST) and not overwrite:
             raise Conflict(f"a finished basis already exists at {loc.url}")

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import safe_open
+
 from storage.errors import InvalidInput, LayoutMismatch, NotFound, StorageError
 from storage.layout import Layout, build_layout, layout_from_model, locate_params
 
@@ -80,8 +82,6 @@ class Weights(Mapping[str, "torch.Tensor"]):
 
     def _open(self, path: Path) -> None:
         if path.suffix == ".safetensors":
-            from safetensors import safe_open
-
             try:
                 handle = safe_open(str(path), framework="pt")
             except Exception as exc:  # safetensors raises its own error types
@@ -93,7 +93,7 @@ class Weights(Mapping[str, "torch.Tensor"]):
                 if info.get_dtype() in _FLOAT_CODES:
                     self.shapes.append((name, tuple(int(s) for s in info.get_shape())))
             return
-        import torch
+        import torch  # noqa: PLC0415 - torch only for .bin files: storage stays torch-free on serving hosts
 
         try:
             # mmap keeps a large .bin file out of memory until a tensor is touched.
@@ -159,8 +159,8 @@ def _model_order_layout(folder: Path, rule: str) -> Layout | None:
     if not config_path.is_file():
         return None
     try:
-        import torch
-        import transformers
+        import torch  # noqa: PLC0415 - the meta-device model: storage stays torch-free
+        import transformers  # noqa: PLC0415 - optional (finetune extra)
 
         config = transformers.AutoConfig.from_pretrained(str(folder))
         arch = (getattr(config, "architectures", None) or [None])[0]

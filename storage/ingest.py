@@ -371,7 +371,7 @@ def ingest_arrays(
 def __getattr__(name: str) -> type[TrajectoryCallback]:
     # `from storage.ingest import TrajectoryCallback` without importing transformers eagerly.
     if name == "TrajectoryCallback":
-        from storage.callback import TrajectoryCallback
+        from storage.callback import TrajectoryCallback  # noqa: PLC0415 - needs transformers
 
         return TrajectoryCallback
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

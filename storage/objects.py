@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+from zarr.storage import FsspecStore, LocalStore
 
 from storage.errors import NotFound, StorageError, storage_error
 
@@ -237,8 +238,6 @@ def _fsync_dir(path: str) -> None:
 
 def zarr_store(loc: Location, *, read_only: bool = False) -> Store:
     """A zarr v3 store for a location (LocalStore for paths, FsspecStore for URLs)."""
-    from zarr.storage import FsspecStore, LocalStore
-
     if loc.is_local:
         return LocalStore(loc.root, read_only=read_only)
     return FsspecStore.from_url(

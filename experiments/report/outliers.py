@@ -23,6 +23,7 @@ from experiments.report.results import Record, Results, Selector
 from experiments.report.selectors import intrinsic_at, outlier_value, random_at
 from experiments.report.stats import Finding, verdict
 from storage.errors import NotFound
+from worker.finetune.outliers import load_arrays
 
 FIG4 = "fig4_outliers.png"
 
@@ -110,8 +111,6 @@ def _profiles(r: Record | None) -> dict[str, Any] | None:
     if r is None or not _has(r, "outliers.npz"):
         return None
     # Imported here: the worker's outliers module pulls in torch, which only Figure 4 needs.
-    from worker.finetune.outliers import load_arrays
-
     try:
         arrays = load_arrays(r["run_dir"])
     except (NotFound, OSError, ValueError, KeyError, zipfile.BadZipFile):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError, version
+
 from fastapi import APIRouter
 from sqlalchemy import text
 
@@ -14,8 +16,6 @@ router = APIRouter(tags=["health"], route_class=AuthFirstRoute)
 
 @router.get("/health", response_model=Health)
 def health(registry: RegistryDep) -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     with registry.db.engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+import zarr
+
 from storage.chunks import StrictChunks
 from storage.errors import Conflict, InvalidInput, NotFound
 from storage.layout import Layout
@@ -122,8 +124,6 @@ class StoreHandle:
     # ----------------------------------------------------------------------------- arrays
     def _array(self, group: str) -> AnyArray:
         if group not in self._arrays:
-            import zarr
-
             self.layout.group(group)  # raises a clear error for unknown groups
             try:
                 if self._root is None:
@@ -145,8 +145,6 @@ class StoreHandle:
         """The array as zarr reads it by default (a missing chunk is the fill value): for
         hashing whole rows, where the sha256 itself tells zeros that were never stored from
         lost data."""
-        import zarr
-
         return zarr.open_array(zarr_store(self.loc, read_only=True), path=group, mode="r")
 
     def _check_still_there(self) -> None:

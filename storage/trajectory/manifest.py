@@ -9,6 +9,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import zarr
+from zarr.codecs import BytesCodec, Crc32cCodec
+
 from storage.arrays import STORAGE_DTYPES, check_dtype
 from storage.errors import (
     Conflict,
@@ -42,9 +45,6 @@ def create_store(
 ) -> dict[str, Any]:
     """Create an empty store at `loc` (one zarr array per group, then the manifest) and
     return its manifest. Refuses to replace a store or foreign data unless `overwrite`."""
-    import zarr
-    from zarr.codecs import BytesCodec, Crc32cCodec
-
     check_dtype(dtype)
     if chunk_cols < 1 or capacity < 1:
         raise InvalidInput("chunk_cols and capacity must be positive")

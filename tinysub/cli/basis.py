@@ -5,11 +5,15 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from storage.errors import InvalidInput
 from storage.vocabulary import BasisKind, BasisMode, BasisScope, parse, values
+from tinysub.cli import remote
 from tinysub.cli.common import console, job_progress, phase_progress, print_json, show_progress
+from tinysub.cli.inspect import print_basis
 from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
+from worker.executors import make_executor
 
 # The kinds `compute` makes from stores (a random basis is the registry's: `order` makes it).
 STORE_KINDS = (BasisKind.TASK, BasisKind.UNIFIED, BasisKind.ZEROSHOT, BasisKind.GLOBAL)
@@ -79,9 +83,8 @@ def compute(
 ) -> None:
     """Compute bases: the exact Gram route, or randomized SVD for long trajectories."""
     # Long by nature: the flags in the signature, mapped onto one call of the engine.
-    from worker.executors import make_executor
-    from worker.svd.bases import multitask_bases, task_basis
-    from worker.svd.method import RandomizedMethod, method_from_name
+    from worker.svd.bases import multitask_bases, task_basis  # noqa: PLC0415 - kernels import torch: CLI start-up
+    from worker.svd.method import RandomizedMethod, method_from_name  # noqa: PLC0415 - kernels import torch: CLI start-up
 
     chosen_kind = parse(BasisKind, kind, "kind", among=STORE_KINDS)
     # The flags name the method; the engine takes it typed, with its own parameters.
@@ -128,7 +131,6 @@ def compute(
     if json_out:
         print_json(result)
         return
-    from tinysub.cli.inspect import print_basis
 
     for b in report.bases:
         print_basis(b)
@@ -163,8 +165,6 @@ def order(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Order a basis from the registry; prints the job (with --wait, its progress first)."""
-    from tinysub.cli import remote
-
     with remote.open_client(url, token) as c:
         job = c.compute_basis(
             task_id,
@@ -195,10 +195,6 @@ def list_bases(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Every version of a task's bases, with status and aliases."""
-    from rich.table import Table
-
-    from tinysub.cli import remote
-
     with remote.open_client(url, token) as c:
         items = c.list_bases(task_id, kind)
     if json_out:
@@ -233,8 +229,6 @@ def pull(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Download a basis into the verified local cache (nothing moves if it is up to date)."""
-    from tinysub.cli import remote
-
     with remote.open_client(url, token, cache_dir=cache_dir) as c:
         pulled = c.pull_basis(
             task_id,
@@ -270,8 +264,6 @@ def alias_cmd(
     token: TokenOption = None,
 ) -> None:
     """Point an alias at a ready version, or delete it."""
-    from tinysub.cli import remote
-
     with remote.open_client(url, token) as c:
         if delete:
             c.delete_alias(task_id, kind, name)

@@ -28,8 +28,8 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print JSON.")]
 
 def open_database(data_dir: Path | None, database_url: str | None) -> tuple[Settings, Database]:
     """The registry's settings with these overrides, and its database (schema not touched)."""
-    from services.db import Database
-    from services.settings import Settings
+    from services.db import Database  # noqa: PLC0415 - server extra; optional
+    from services.settings import Settings  # noqa: PLC0415 - server extra; optional
 
     overrides = {"data_dir": data_dir, "database_url": database_url}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
@@ -49,7 +49,7 @@ def upgrade_cmd(
     """Bring the schema to the newest revision (safe to repeat, and to run in parallel)."""
     # An empty database gets the schema from the revisions, a 0.1.0 one is stamped at the
     # baseline first; concurrent upgrades take turns (services.migrations).
-    from services import migrations
+    from services import migrations  # noqa: PLC0415 - server extra; optional
 
     _, db = open_database(data_dir, database_url)
     try:
@@ -83,7 +83,7 @@ def current_cmd(
     data_dir: DataDir = None, database_url: DbUrl = None, json_out: JsonOut = False
 ) -> None:
     """Show the schema's revision; exit code 1: `tinysub db upgrade` is due, 2: unusable."""
-    from services import migrations
+    from services import migrations  # noqa: PLC0415 - server extra; optional
 
     _, db = open_database(data_dir, database_url)
     try:

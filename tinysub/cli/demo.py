@@ -23,9 +23,9 @@ def demo_cmd(
 ) -> None:
     """Fine-tune a tiny model capturing its trajectory, compute its bases, print a summary."""
     # Long by nature: a typer command; its flags, then the steps they drive, top to bottom.
-    import transformers
+    import transformers  # noqa: PLC0415 - optional, slow: CLI start-up
 
-    from tinysub.demo import DemoConfig, run_demo
+    from tinysub.demo import DemoConfig, run_demo  # noqa: PLC0415 - torch, transformers: CLI start-up
 
     # The demo prints its own summary; model-loading reports (a fresh classifier head is
     # expected here) would only bury it.

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from experiments.config import preset as load_preset
 from tinysub.cli.common import console, err_console, phase_progress
 
 app = typer.Typer(
@@ -37,9 +38,7 @@ Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
 
 
 def _config(preset: str, quick: bool, workers: int | None):
-    from experiments.config import preset as make
-
-    cfg = make("quick" if quick else preset)
+    cfg = load_preset("quick" if quick else preset)
     return cfg.replace(workers=workers) if workers else cfg
 
 
@@ -60,7 +59,7 @@ def _command(out: Path, preset: str, quick: bool, workers: int | None, work: Pat
 @contextlib.contextmanager
 def _stops_on_budget(out: Path) -> Iterator[None]:
     """A spent budget is a clean stop (exit code 3) that says how to resume."""
-    from experiments.scheduler import BudgetSpent
+    from experiments.scheduler import BudgetSpent  # noqa: PLC0415 - imports torch: CLI start-up
 
     try:
         yield
@@ -72,7 +71,7 @@ def _stops_on_budget(out: Path) -> Iterator[None]:
 
 
 def _quiet() -> None:
-    import transformers
+    import transformers  # noqa: PLC0415 - optional, slow: CLI start-up
 
     # A fresh classifier head is expected in every run; the load report would bury the bars.
     transformers.logging.set_verbosity_error()
@@ -89,7 +88,7 @@ def paper_cmd(
     progress: Progress = True,
 ) -> None:
     """Every table and figure of the paper (and d90) on MiniLM and four packaged tasks."""
-    from experiments.paper import PaperExperiment
+    from experiments.paper import PaperExperiment  # noqa: PLC0415 - imports torch: CLI start-up
 
     _quiet()
     cfg = _config(preset, quick, workers)
@@ -99,7 +98,7 @@ def paper_cmd(
             cfg, out, work=work, budget_minutes=budget, progress=cb, command=command
         )
         report = exp.run()
-    from experiments.report import headline
+    from experiments.report import headline  # noqa: PLC0415 - imports torch: CLI start-up
 
     console.print(f"report: {report}")
     console.print(headline(out))
@@ -118,7 +117,7 @@ def d90_cmd(
     progress: Progress = True,
 ) -> None:
     """Search the smallest d reaching 90% of full fine-tuning, for one task and method."""
-    from experiments.paper import PaperExperiment
+    from experiments.paper import PaperExperiment  # noqa: PLC0415 - imports torch: CLI start-up
 
     _quiet()
     cfg = _config(preset, quick, workers)
@@ -143,7 +142,7 @@ def d90_cmd(
 @app.command("report")
 def report_cmd(out: Out) -> None:
     """Rebuild report.md and the figures from OUT's runs.jsonl (no training)."""
-    from experiments.report import build_report, headline
+    from experiments.report import build_report, headline  # noqa: PLC0415 - imports torch: CLI start-up
 
     console.print(f"report: {build_report(out)}")
     console.print(headline(out))

@@ -169,10 +169,10 @@ def finetune_cmd(
     """Fine-tune a model on a task with one method and write the run to --out."""
     # Long by nature: a typer command declares every flag in its signature and maps them onto
     # one RunSpec; it reads top to bottom and the work happens in worker.finetune.runner.run.
-    from worker.finetune.config import SubspaceConfig
-    from worker.finetune.runner import RunSpec, run
-    from worker.finetune.spec import basis_from_flags
-    from worker.finetune.train import TrainConfig
+    from worker.finetune.config import SubspaceConfig  # noqa: PLC0415 - imports torch: CLI start-up
+    from worker.finetune.runner import RunSpec, run  # noqa: PLC0415 - imports torch: CLI start-up
+    from worker.finetune.spec import basis_from_flags  # noqa: PLC0415 - imports torch: CLI start-up
+    from worker.finetune.train import TrainConfig  # noqa: PLC0415 - imports torch: CLI start-up
 
     if registry and basis:
         raise InvalidInput("give --basis (local) or --registry, not both")
@@ -274,8 +274,8 @@ def outliers_cmd(
     json_out: Annotated[bool, typer.Option("--json", help="Print the tables as JSON.")] = False,
 ) -> None:
     """Figure 4 and Table 4: |V theta| per layer of each run, outlier counts and positions."""
-    from worker.finetune import outliers
-    from worker.finetune.runner import read_run
+    from worker.finetune import outliers  # noqa: PLC0415 - imports torch: CLI start-up
+    from worker.finetune.runner import read_run  # noqa: PLC0415 - imports torch: CLI start-up
 
     panels, tables = {}, {}
     for path in runs:

@@ -8,7 +8,9 @@ from typing import Annotated
 
 import typer
 
+from storage.checkpoints import folder_layout
 from storage.errors import InvalidInput, NotFound
+from storage.ingest import StoreOptions, ingest_arrays, ingest_checkpoints
 from storage.trajectory import DEFAULT_CHUNK_COLS
 from tinysub.cli.common import console, phase_progress, print_json
 
@@ -100,8 +102,6 @@ def ingest_cmd(
 ) -> None:
     """Ingest checkpoints or arrays into a trajectory store (resumable: re-run to continue)."""
     # Long by nature: a typer command; its flags, then the steps they drive, top to bottom.
-    from storage.ingest import StoreOptions, ingest_arrays, ingest_checkpoints
-
     what = _source_kind(source, kind)
     options = StoreOptions(
         model_name=model,
@@ -129,8 +129,6 @@ def ingest_cmd(
                 raise InvalidInput("arrays hold theta0 as their row 0; drop --base")
             layout = None
             if layout_from is not None:
-                from storage.checkpoints import folder_layout
-
                 layout = folder_layout(layout_from, rule)
             report = ingest_arrays(store, source, layout=layout, progress=progress, **common)
     if json_out:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 import typer
 
+from client.client import Client
+
 UrlOption = Annotated[
     str,
     typer.Option("--url", envvar="TINYSUB_URL", help="The registry (env TINYSUB_URL)."),
@@ -25,6 +27,4 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 
 def open_client(url: str, token: str | None, **kw):
     """The Client the commands use (tests replace this function to pass an in-process app)."""
-    from client.client import Client
-
     return Client(url, token=token, **kw)

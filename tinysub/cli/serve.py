@@ -30,11 +30,11 @@ def serve_cmd(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Start the registry. Other settings come from TINYSUB_* environment variables."""
-    import uvicorn
+    import uvicorn  # noqa: PLC0415 - server extra; optional
 
-    from services.app import create_app
-    from services.observability import log_config
-    from services.settings import Settings
+    from services.app import create_app  # noqa: PLC0415 - server extra; optional
+    from services.observability import log_config  # noqa: PLC0415 - server extra; optional
+    from services.settings import Settings  # noqa: PLC0415 - server extra; optional
 
     overrides = {
         "data_dir": data_dir,

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from storage.errors import InvalidInput
+from storage.trajectory import TrajectoryStore
 from tinysub.cli import remote
 from tinysub.cli.common import console, print_json, show_progress
 from tinysub.cli.remote import DEFAULT_URL, TokenOption, UrlOption
@@ -33,8 +34,6 @@ def create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a task with the layout of a store (--store) or a layout file (--layout)."""
-    from storage.trajectory import TrajectoryStore
-
     if (store is None) == (layout is None):
         raise InvalidInput("give exactly one of --store and --layout")
     if store is not None:

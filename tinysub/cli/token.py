@@ -38,7 +38,7 @@ def create(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Create a token and print it once (only its sha256 is stored)."""
-    from services.security import check_scopes, create_token
+    from services.security import check_scopes, create_token  # noqa: PLC0415 - server extra; optional
 
     check_scopes(scope)  # bad input touches no database (none is created for it)
     db = _database(data_dir, database_url)
@@ -55,9 +55,9 @@ def create(
 
 @app.command("list")
 def list_cmd(data_dir: DataDir = None, database_url: DbUrl = None) -> None:
-    from sqlalchemy import select
+    from sqlalchemy import select  # noqa: PLC0415 - server extra; optional
 
-    from services.models import Token
+    from services.models import Token  # noqa: PLC0415 - server extra; optional
 
     db = _database(data_dir, database_url)
     table = Table("id", "name", "scopes", "created", "revoked")
@@ -81,7 +81,7 @@ def revoke(
     database_url: DbUrl = None,
 ) -> None:
     """Revoke a token; it stops working on the next request."""
-    from services.security import revoke_token
+    from services.security import revoke_token  # noqa: PLC0415 - server extra; optional
 
     db = _database(data_dir, database_url)
     with db.session() as s:

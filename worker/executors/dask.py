@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from dask.distributed import Client, LocalCluster, as_completed
+
 from worker.executors.base import (
     DRAIN_SECONDS,
     Executor,
@@ -57,8 +59,6 @@ class DaskExecutor(Executor):
     def __init__(
         self, address: str | None = None, *, workers: int | None = None, client: Any = None
     ) -> None:
-        from dask.distributed import Client, LocalCluster
-
         self._owned: list[Any] = []
         if client is not None:
             self.client = client
@@ -96,8 +96,6 @@ class DaskExecutor(Executor):
         also: list[Any],
     ) -> None:
         """Wait for the leaf futures; raise on the first failure, cancelling the rest."""
-        from dask.distributed import as_completed
-
         index = {fut.key: i for i, fut in enumerate(futures)}
         try:
             for fut in as_completed(futures):

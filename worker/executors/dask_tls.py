@@ -99,7 +99,7 @@ def dask_env(directory: str | PurePath, role: str) -> dict[str, str]:
 def security(directory: str | os.PathLike[str], role: str = "client") -> Any:
     """A `distributed.Security` for `role` from the certificates in `directory`, for callers
     that cannot set Dask's configuration (the environment does it in the containers)."""
-    from distributed.security import Security
+    from distributed.security import Security  # noqa: PLC0415 - optional (dask extra)
 
     certs = ClusterCerts(Path(directory))
     return Security(
@@ -167,8 +167,8 @@ def generate(
 def _load_pair(cert_path: Path, key_path: Path) -> tuple[Any, Any] | None:
     """The certificate and key at these paths, or None if either is missing, unreadable or
     they do not belong together."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
+    from cryptography import x509  # noqa: PLC0415 - optional (dask extra)
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - optional (dask extra)
 
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
@@ -181,7 +181,7 @@ def _load_pair(cert_path: Path, key_path: Path) -> tuple[Any, Any] | None:
 
 
 def _public_der(public_key: PublicKeyTypes) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - optional (dask extra)
 
     return public_key.public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -189,7 +189,7 @@ def _public_der(public_key: PublicKeyTypes) -> bytes:
 
 
 def _fresh_ca(cert: x509.Certificate, now: dt.datetime, renew_within: dt.timedelta) -> bool:
-    from cryptography import x509
+    from cryptography import x509  # noqa: PLC0415 - optional (dask extra)
 
     try:
         is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
@@ -199,7 +199,7 @@ def _fresh_ca(cert: x509.Certificate, now: dt.datetime, renew_within: dt.timedel
 
 
 def _fresh_leaf(cert: Any, ca_cert: Any, now: dt.datetime, renew_within: dt.timedelta) -> bool:
-    from cryptography.exceptions import InvalidSignature
+    from cryptography.exceptions import InvalidSignature  # noqa: PLC0415 - optional (dask extra)
 
     if cert.issuer != ca_cert.subject or cert.not_valid_after_utc - now <= renew_within:
         return False
@@ -211,15 +211,15 @@ def _fresh_leaf(cert: Any, ca_cert: Any, now: dt.datetime, renew_within: dt.time
 
 
 def _new_key() -> Any:
-    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415 - optional (dask extra)
 
     return ec.generate_private_key(ec.SECP256R1())
 
 
 def _new_ca(now: dt.datetime, days: int) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import NameOID
+    from cryptography import x509  # noqa: PLC0415 - optional (dask extra)
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 - optional (dask extra)
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415 - optional (dask extra)
 
     key = _new_key()
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tinysub Dask cluster CA")])
@@ -245,9 +245,9 @@ def _new_ca(now: dt.datetime, days: int) -> tuple[Any, Any]:
 
 
 def _new_leaf(role: str, ca_cert: Any, ca_key: Any, now: dt.datetime, days: int) -> tuple[Any, Any]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography import x509  # noqa: PLC0415 - optional (dask extra)
+    from cryptography.hazmat.primitives import hashes  # noqa: PLC0415 - optional (dask extra)
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415 - optional (dask extra)
 
     key = _new_key()
     usage = x509.KeyUsage(
@@ -280,13 +280,13 @@ def _new_leaf(role: str, ca_cert: Any, ca_key: Any, now: dt.datetime, days: int)
 
 
 def _cert_pem(cert: x509.Certificate) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - optional (dask extra)
 
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def _key_pem(key: PrivateKeyTypes) -> bytes:
-    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - optional (dask extra)
 
     return key.private_bytes(
         serialization.Encoding.PEM,

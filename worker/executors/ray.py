@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import worker
 from storage.errors import InvalidInput
 from worker.executors.base import (
     DEVICE_ENV,
@@ -48,8 +49,6 @@ def _combine(combine: Callable[[Any, Any], Any], a: Any, b: Any) -> Any:
 
 def package_root() -> str:
     """The directory holding the tinysub packages (storage/, worker/, ...) imported here."""
-    import worker
-
     return str(Path(worker.__file__).resolve().parent.parent)
 
 
@@ -121,7 +120,7 @@ class RayExecutor(Executor):
         gpus_per_task: float | None = None,
         device: str | None = None,
     ) -> None:
-        import ray
+        import ray  # noqa: PLC0415 - optional (ray extra); helpers work without it
 
         self._ray = ray
         self._started = False

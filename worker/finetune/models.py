@@ -70,7 +70,7 @@ def minilm_path() -> str:
 
 def tiny_config(arch: str, vocab_size: int, num_labels: int, problem: str):
     """A 2-layer, 32-wide encoder config of `arch` (bert | roberta | mpnet)."""
-    from transformers import BertConfig, MPNetConfig, RobertaConfig
+    from transformers import BertConfig, MPNetConfig, RobertaConfig  # noqa: PLC0415 - transformers: optional, slow
 
     cls = {"bert": BertConfig, "roberta": RobertaConfig, "mpnet": MPNetConfig}[arch]
     return cls(
@@ -88,7 +88,7 @@ def tiny_config(arch: str, vocab_size: int, num_labels: int, problem: str):
 
 def tiny_causal_config(arch: str, vocab_size: int, *, pad_id: int, bos_id: int, eos_id: int):
     """A 2-layer, 32-wide decoder config of `arch` (gpt2 | llama | qwen2 | mistral)."""
-    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config
+    from transformers import GPT2Config, LlamaConfig, MistralConfig, Qwen2Config  # noqa: PLC0415 - transformers: optional, slow
 
     ids = {"pad_token_id": pad_id, "bos_token_id": bos_id, "eos_token_id": eos_id}
     if arch == "gpt2":
@@ -118,7 +118,7 @@ def tiny_causal_config(arch: str, vocab_size: int, *, pad_id: int, bos_id: int, 
 def causal_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     """A lower-cased word-level tokenizer for tiny decoders: `<s> a b c` (a BOS first, as Llama's
     tokenizers add; the training data appends `</s>`), `<pad>` for padding."""
-    from tokenizers import (
+    from tokenizers import (  # noqa: PLC0415 - transformers: optional, slow
         Tokenizer,
         decoders,
         models,
@@ -127,7 +127,7 @@ def causal_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
         processors,
         trainers,
     )
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - transformers: optional, slow
 
     tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
@@ -150,8 +150,8 @@ def causal_word_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 
 def word_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
     """A lower-cased word-level tokenizer trained on `texts` ([CLS] a [SEP] b [SEP])."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: PLC0415 - transformers: optional, slow
+    from transformers import PreTrainedTokenizerFast  # noqa: PLC0415 - transformers: optional, slow
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
@@ -178,7 +178,7 @@ def word_tokenizer(texts: Iterable[str], vocab_size: int = 2000):
 def hub_cache_dir() -> str:
     """The Hugging Face hub cache, from the environment as huggingface_hub reads it
     (HF_HUB_CACHE, else HF_HOME/hub, else the default), read at call time."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # noqa: PLC0415 - transformers: optional, slow
 
     if os.environ.get("HF_HUB_CACHE"):
         return os.path.expanduser(os.environ["HF_HUB_CACHE"])
@@ -189,7 +189,7 @@ def hub_cache_dir() -> str:
 
 def hub_offline() -> bool:
     """Whether HF_HUB_OFFLINE (or transformers' TRANSFORMERS_OFFLINE) forbids downloads."""
-    from huggingface_hub import constants
+    from huggingface_hub import constants  # noqa: PLC0415 - transformers: optional, slow
 
     flags = (os.environ.get(v, "").upper() for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
     return any(f in _TRUE for f in flags) or bool(constants.HF_HUB_OFFLINE)
@@ -219,8 +219,8 @@ def resolve_model(name: str) -> ModelSource:
         return ModelSource("all-MiniLM-L6-v2", path, path, {"local_files_only": True})
     if os.path.isdir(name):
         return ModelSource(name, name, name, {"local_files_only": True})
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - transformers: optional, slow
+    from huggingface_hub.errors import HFValidationError  # noqa: PLC0415 - transformers: optional, slow
 
     cache, offline = hub_cache_dir(), hub_offline()
     try:
@@ -252,7 +252,7 @@ def _scrub(text: str, source: ModelSource) -> str:
 
 def _pretrained(auto_cls, source: ModelSource, tokenizer=None, **kwargs):
     """(model, tokenizer) of `source` through `auto_cls.from_pretrained`; errors name no path."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - transformers: optional, slow
 
     try:
         if tokenizer is None:
@@ -261,7 +261,7 @@ def _pretrained(auto_cls, source: ModelSource, tokenizer=None, **kwargs):
     except (OSError, ValueError) as exc:
         reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", source)
         if source.path is None and not source.options.get("local_files_only"):
-            from huggingface_hub import try_to_load_from_cache
+            from huggingface_hub import try_to_load_from_cache  # noqa: PLC0415 - transformers: optional, slow
 
             if not isinstance(
                 try_to_load_from_cache(source.location, "config.json", source.options["cache_dir"]),
@@ -292,7 +292,7 @@ def load_model(
     is given; pre-trained models bring their own unless `tokenizer` is given."""
     if problem == CAUSAL_LM:
         return load_causal_model(name, texts=texts, tokenizer=tokenizer)
-    from transformers import AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification  # noqa: PLC0415 - transformers: optional, slow
 
     problem_type = "regression" if problem == "regression" else "single_label_classification"
     if name in TINY:
@@ -317,7 +317,7 @@ def load_causal_model(name: str, *, texts: Iterable[str] = (), tokenizer=None) -
     """Load `name` as an `AutoModelForCausalLM`: a tiny decoder (random weights from torch's
     global RNG, tokenizer built from `texts`), a local folder or a Hub ID. A tokenizer without
     a padding token pads with its EOS token (GPT-2's)."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # noqa: PLC0415 - transformers: optional, slow
 
     if name in TINY_CAUSAL:
         tokenizer = tokenizer if tokenizer is not None else causal_word_tokenizer(texts)

@@ -232,8 +232,8 @@ def plot_profiles(
 ) -> None:
     """Figure 4: one panel per run (e.g. intrinsic above random) of max |V theta| per bin,
     layers side by side. Written with the Agg canvas, no pyplot state."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415 - matplotlib: optional, slow
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib: optional, slow
 
     fig = Figure(figsize=(12, 2.6 * len(panels)), layout="constrained")
     FigureCanvasAgg(fig)

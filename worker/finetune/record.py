@@ -15,6 +15,7 @@ import os
 import time
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import torch
 
@@ -106,9 +107,7 @@ def post_run(spec: RunSpec, record: dict[str, Any], source: Any) -> dict[str, An
     still returned and written to run.json, with the reason recorded.
     """
     # The HTTP client is an optional install (tinysub[client]): loaded only to post.
-    import httpx
-
-    from client import Client
+    from client import Client  # noqa: PLC0415 - client extra (tenacity) is optional
 
     registry = spec.registry
     assert registry is not None and spec.basis_ref is not None  # only registry runs post

@@ -27,7 +27,7 @@ def restore(
     references (checked by sha256; `basis` overrides the recorded local path), and the saved
     theta and full-space parts. Returns (SubspaceModel, tokenizer, record)."""
     # transformers takes seconds to import; like worker.finetune.models, only when used.
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # noqa: PLC0415 - transformers: optional, slow
 
     record = read_run(path)
     saved = read_subspace_manifest(os.path.join(path, "subspace"))

@@ -179,7 +179,7 @@ class RegistryBasisSource:
         client: Any = None,
     ) -> None:
         try:  # the registry client; imported only when a registry is used
-            from client import Client
+            from client import Client  # noqa: PLC0415 - client extra (tenacity) is optional
         except ImportError as exc:  # pragma: no cover - a worker installed without the client
             raise InvalidInput(
                 "this install has no registry client (pip install tinysub[client]); "
