@@ -13,6 +13,7 @@ from tinysub.cli import (
     db,
     demo,
     experiment,
+    export,
     finetune,
     ingest,
     inspect,
@@ -42,6 +43,7 @@ app.command("ingest")(ingest.ingest_cmd)
 app.command("demo")(demo.demo_cmd)
 app.command("serve")(serve.serve_cmd)
 app.command("recompute")(recompute.recompute_cmd)
+app.command("export")(export.export_cmd)
 finetune.register(app)
 
 

@@ -6,13 +6,14 @@ import dataclasses
 import os
 from typing import Any
 
+from client.refs import BasisRef
 from storage.errors import InvalidInput
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.methods import prepare
 from worker.finetune.models import load_model
 from worker.finetune.record import read_run
 from worker.finetune.reparam import read_subspace_manifest
-from worker.finetune.sources import StoreBasisSource, check_reference
+from worker.finetune.sources import RegistryBasisSource, StoreBasisSource, check_reference
 from worker.finetune.train import seed_everything
 
 
@@ -50,9 +51,14 @@ def restore(
     source = None
     if ref["kind"] in ("task", "unified", "zeroshot", "global"):
         url = basis or ref.get("url")
-        if not url:
-            raise InvalidInput(f"run {path} was trained in a registry basis; pass its local copy")
-        source = StoreBasisSource.open(url, task=ref.get("task"))
+        if url:
+            source = StoreBasisSource.open(url, task=ref.get("task"))
+        elif ref.get("registry"):
+            # Pull exactly the recorded bytes again: the client refuses other sha256.
+            pinned = BasisRef.from_dict(record["basis_ref"])
+            source = RegistryBasisSource(ref["registry"], pinned)
+        else:
+            raise InvalidInput(f"run {path} records no basis path or registry; pass --basis")
         check_reference(source, ref)
         if ref.get("columns"):
             config = dataclasses.replace(config, rank=ref["columns"])

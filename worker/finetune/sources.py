@@ -177,6 +177,7 @@ class RegistryBasisSource:
         token: str | None = None,
         cache_dir: str | None = None,
         client: Any = None,
+        local_files_only: bool = False,
     ) -> None:
         try:  # the registry client; imported only when a registry is used
             from client import Client  # noqa: PLC0415 - client extra (tenacity) is optional
@@ -195,7 +196,7 @@ class RegistryBasisSource:
         self.client = client or Client(registry_url, token=token, cache_dir=cache_dir)
         self.registry_url = registry_url
         self.alias = None if request.version is not None else (request.alias or "latest")
-        self.pulled = self.client.pull_basis(request)
+        self.pulled = self.client.pull_basis(request, local_files_only=local_files_only)
         self.ref = BasisRef.from_manifest(self.pulled.manifest)
         manifest = self.pulled.manifest
         self.kind = self.ref.kind
