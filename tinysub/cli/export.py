@@ -40,7 +40,7 @@ def export_cmd(
 ) -> None:
     """Export a finished subspace run: a PEFT adapter (--peft) and/or a merged model (--merged)."""
     # torch, transformers and peft take seconds to import: only when this command runs.
-    from worker.finetune.peft_adapter import export_peft  # noqa: PLC0415 - CLI start-up
+    from worker.finetune.peft_export import export_peft  # noqa: PLC0415 - CLI start-up
     from worker.finetune.restore import restore  # noqa: PLC0415 - CLI start-up
 
     if not peft and not merged:

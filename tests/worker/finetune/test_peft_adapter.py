@@ -19,7 +19,8 @@ from tests.worker.finetune.conftest import make_batch, make_causal_model, make_l
 from tests.worker.finetune.helpers import task_basis_for
 from worker.finetune.config import SubspaceConfig
 from worker.finetune.methods import prepare
-from worker.finetune.peft_adapter import TinysubConfig, export_peft, peft_config_for
+from worker.finetune.peft_adapter import TinysubConfig
+from worker.finetune.peft_export import export_peft, peft_config_for
 from worker.finetune.sources import StoreBasisSource
 
 

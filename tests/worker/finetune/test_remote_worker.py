@@ -126,7 +126,7 @@ def test_a_peft_adapter_fetches_its_basis_from_the_registry_or_offline_cache(
     from worker.finetune.config import SubspaceConfig  # noqa: PLC0415
     from worker.finetune.methods import prepare  # noqa: PLC0415
     from worker.finetune.models import load_model  # noqa: PLC0415
-    from worker.finetune.peft_adapter import export_peft  # noqa: PLC0415
+    from worker.finetune.peft_export import export_peft  # noqa: PLC0415
     from worker.finetune.train import seed_everything  # noqa: PLC0415
 
     server, token, _ = registry
