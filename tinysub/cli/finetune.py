@@ -35,7 +35,8 @@ def finetune_cmd(
             "--task",
             "-t",
             help="rotten_tomatoes | imdb | trec6 | sms_spam | vader_movies | vader_tweets | "
-            "vader_amazon | vader_nyt, or csv:PATH / jsonl:PATH (text:PATH for causal-lm).",
+            "vader_amazon | vader_nyt, or csv:PATH / jsonl:PATH / hf:PATH[@SPLIT] (a local "
+            "Hugging Face dataset folder or data file; text:PATH for causal-lm).",
         ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Run folder (run.json, theta, ...).")],
@@ -62,7 +63,11 @@ def finetune_cmd(
         ),
     ] = "auto",
     text_column: Annotated[
-        str | None, typer.Option(help="causal-lm: the column of plain texts (default: text).")
+        str | None,
+        typer.Option(help="The column of texts (default: text, sentence; causal-lm: text)."),
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="A labeled task's label column (default: label).")
     ] = None,
     prompt_column: Annotated[
         str | None,
@@ -237,6 +242,7 @@ def finetune_cmd(
         save_model=save_model,
         task_type=task_type,
         text_column=text_column,
+        label_column=label_column,
         prompt_column=prompt_column,
         response_column=response_column,
     )

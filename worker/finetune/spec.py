@@ -71,6 +71,7 @@ class RunSpec:
     text_column: str | None = None
     prompt_column: str | None = None
     response_column: str | None = None
+    label_column: str | None = None  # a labeled task's label column (default: label)
     # The old flat basis fields: accepted by the constructor only, folded into basis_ref and
     # registry (reading them back gives None).
     basis_task: InitVar[str | None] = None

@@ -1,5 +1,5 @@
-"""The user's task files (CSV, JSONL): rows read, columns found, labels made into classes or
-regression scores (see worker.finetune.data for the columns)."""
+"""The user's task files (CSV, JSONL, a local Hugging Face dataset): rows read, columns
+found, labels made into classes or regression scores (see worker.finetune.data)."""
 
 from __future__ import annotations
 
@@ -9,34 +9,33 @@ import os
 from collections.abc import Sequence
 
 from storage.errors import InvalidInput, NotFound
+from worker.finetune.hf_datasets import dataset_rows
 
 PROMPT_COLUMNS = ("prompt", "instruction", "question", "input")
 RESPONSE_COLUMNS = ("response", "output", "answer", "completion")
 
 
-def user_file(spec: str, problem: str | None) -> tuple:
+def user_file(
+    spec: str,
+    problem: str | None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple:
     """(texts, labels, label names or None, problem, metric, path, text pairs or None) of a
-    labeled CSV / JSONL file; `problem` None infers classification or regression."""
-    kind, _, path = spec.partition(":")
-    if kind not in ("csv", "jsonl"):
-        path, kind = spec, "jsonl" if spec.endswith(".jsonl") else "csv"
-    if not os.path.exists(path):
-        raise NotFound(f"task file {path} does not exist")
-    if kind == "csv":
-        with open(path, encoding="utf-8", newline="") as f:
-            rows = list(csv.DictReader(f))
-    else:
-        with open(path, encoding="utf-8") as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-    if not rows:
-        raise InvalidInput(f"task file {path} has no examples")
-    text_key = next((k for k in ("text", "sentence", "sentence1") if k in rows[0]), None)
-    if text_key is None or "label" not in rows[0]:
-        raise InvalidInput(f"{path} needs a 'text' (or 'sentence') and a 'label' column")
+    labeled CSV / JSONL file or local Hugging Face dataset (``hf:PATH[@SPLIT]``); `problem`
+    None infers classification or regression; the columns default to text/sentence and label."""
+    rows, path = task_rows(spec)
+    text_key = find_column(rows, path, text_column, ("text", "sentence", "sentence1"))
+    label_key = find_column(rows, path, label_column, ("label",))
+    if text_key is None or label_key is None:
+        raise InvalidInput(
+            f"{path} needs a 'text' (or 'sentence') and a 'label' column, or name them with "
+            f"--text-column / --label-column; it has {sorted(rows[0])}"
+        )
     pair_key = next((k for k in ("text_pair", "sentence2") if k in rows[0]), None)
     texts = [str(r[text_key]) for r in rows]
     pairs = [str(r[pair_key]) for r in rows] if pair_key else None
-    raw = [r["label"] for r in rows]
+    raw = [r[label_key] for r in rows]
     numbers = _as_numbers(raw)
     if problem is None:
         integral = numbers is not None and all(float(x).is_integer() for x in numbers)
@@ -61,6 +60,23 @@ def _as_numbers(raw: list) -> list[float] | None:
         return [float(x) for x in raw]
     except (TypeError, ValueError):
         return None
+
+
+def task_rows(spec: str) -> tuple[list[dict], str]:
+    """(rows, path) of ``csv:PATH`` / ``jsonl:PATH`` / ``hf:PATH[@SPLIT]`` (a bare path ending
+    in .jsonl is JSONL, any other a CSV); an empty file is refused."""
+    kind, _, path = spec.partition(":")
+    if kind == "hf":
+        rows, path = dataset_rows(path)
+        return rows, path
+    if kind not in ("csv", "jsonl"):
+        path, kind = spec, "jsonl" if spec.endswith(".jsonl") else "csv"
+    if not os.path.exists(path):
+        raise NotFound(f"task file {path} does not exist")
+    rows = read_rows(path, kind)
+    if not rows:
+        raise InvalidInput(f"task file {path} has no examples")
+    return rows, path
 
 
 def read_rows(path: str, kind: str) -> list[dict]:
