@@ -21,6 +21,7 @@ models.py       MiniLM from its package, local folders, Hub IDs (HF cache), tiny
 train_config.py TrainConfig; device and seeds
 optimizer.py    parameter groups (two learning rates), schedule, weights held at zero, the step
 train.py        the training loop
+trainer.py      SubspaceTrainer: the Hugging Face Trainer with theta/head/base groups
 evaluation.py   batched predictions, the task's metrics, the learning curve's points
 metrics.py      accuracy, Matthews correlation, Pearson
 outliers.py     outlier dimensions of V theta (Table 4, Figure 4) and disabling masks (Table 3)
