@@ -116,6 +116,7 @@ class BasisAPI(RegistryHTTP):
         `local_files_only=True` (or an unreachable server, when the cache has the basis) uses
         the cache alone.
         """
+        # Long by nature: a public call's flags and docs; the body is one cache-then-ETag fetch.
         want = task_id if isinstance(task_id, BasisRef) else None
         if want is not None:
             task_id, kind, version, alias = want.task, want.kind, want.version, want.alias

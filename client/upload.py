@@ -51,37 +51,9 @@ def send_rows(
                 bar(row_bytes)
                 continue
             where.update(row=row.index, group=None, offset=0)
-            base_path = f"/v1/tasks/{task_id}/trajectory/rows/{row.index}"
-            held: set[Part] | None = set()
-            if row.index in staged:
-                held = _held_parts(client, task_id, row.index, vectors, step_values)
-                if held is None:
-                    client.request("DELETE", base_path)  # staged with other bytes or cuts
-                staged.discard(row.index)
-            for group, offset, data in _parts(vectors, layout, step_values):
-                where.update(group=group, offset=offset)
-                sha = hashlib.sha256(data).hexdigest()
-                if held and (group, offset, len(data) // 4, sha) in held:
-                    bar(len(data))
-                    continue
-                client.request(
-                    "PUT",
-                    f"{base_path}/groups/{group}",
-                    params={"offset": offset},
-                    content=data,
-                    headers={
-                        "Content-Type": "application/octet-stream",
-                        "X-Tinysub-Sha256": sha,
-                    },
-                )
-                bar(len(data))
-            where.update(group=None)
-            client.request_json(
-                "POST",
-                f"{base_path}/commit",
-                json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
-                idempotent=True,  # a committed row commits again as itself
-            )
+            resume = row.index in staged
+            staged.discard(row.index)
+            _send_row(client, task_id, row, vectors, layout, resume, step_values, where, bar)
         # Rows staged by an earlier upload that this one did not reach.
         for leftover in sorted(staged):
             client.request("DELETE", f"/v1/tasks/{task_id}/trajectory/rows/{leftover}")
@@ -94,6 +66,48 @@ def send_rows(
             "registry acknowledged are kept: run the same upload again to resume there"
         )
         raise
+
+
+def _send_row(
+    client: Requester,
+    task_id: str,
+    row: SourceRow,
+    vectors: dict,
+    layout: Layout,
+    resume: bool,
+    step_values: int,
+    where: dict,
+    bar: Callable[[int], None],
+) -> None:
+    """Send one uncommitted row: its parts (with `resume`, a staged row, only those the registry
+    does not hold with our bytes), then its commit. `where` tracks the part being sent."""
+    base_path = f"/v1/tasks/{task_id}/trajectory/rows/{row.index}"
+    held: set[Part] | None = set()
+    if resume:
+        held = _held_parts(client, task_id, row.index, vectors, step_values)
+        if held is None:
+            client.request("DELETE", base_path)  # staged with other bytes or cuts
+    for group, offset, data in _parts(vectors, layout, step_values):
+        where.update(group=group, offset=offset)
+        sha = hashlib.sha256(data).hexdigest()
+        if held and (group, offset, len(data) // 4, sha) in held:
+            bar(len(data))
+            continue
+        client.request(
+            "PUT",
+            f"{base_path}/groups/{group}",
+            params={"offset": offset},
+            content=data,
+            headers={"Content-Type": "application/octet-stream", "X-Tinysub-Sha256": sha},
+        )
+        bar(len(data))
+    where.update(group=None)
+    client.request_json(
+        "POST",
+        f"{base_path}/commit",
+        json={"step": row.step, "epoch": row.epoch, "metrics": row.metrics},
+        idempotent=True,  # a committed row commits again as itself
+    )
 
 
 def _parts(vectors: dict, layout: Layout, step_values: int) -> Iterator[tuple[str, int, bytes]]:

@@ -184,6 +184,32 @@ class PaperExperiment:
         cfg = self.cfg
         layers = self._layers()
         self._set_config_extra(layers=layers)
+        wanted = self._task_bases(tasks, layers, everything=everything)
+        todo = [(p, f) for p, f in wanted if not BasisStore.exists(p)]
+        multi = everything and not all(
+            BasisStore.exists(p)
+            for p in [self.paths.unified(), *(self.paths.zeroshot(t) for t in cfg.tasks)]
+        )
+        total = len(wanted) + (1 if everything else 0)
+        done = total - len(todo) - (1 if multi else 0)
+        self._tick("bases", done, total)
+        for path, compute in todo:
+            if path.exists():
+                self._recompute(path, compute)
+            else:
+                compute(path)
+            done += 1
+            self._tick("bases", done, total)
+        if multi:
+            self._multitask_bases()
+            self._tick("bases", total, total)
+
+    def _task_bases(
+        self, tasks: list[str], layers: int, *, everything: bool
+    ) -> list[tuple[Path, Callable[[Path], Any]]]:
+        """(folder, compute) of each per-task basis: delta, and with `everything` raw, centered
+        and global."""
+        cfg = self.cfg
         wanted: list[tuple[Path, Callable[[Path], Any]]] = []
         for task in tasks:
             traj = str(self.paths.trajectory(task))
@@ -214,33 +240,22 @@ class PaperExperiment:
                     ),
                 )
             )
-        todo = [(p, f) for p, f in wanted if not BasisStore.exists(p)]
-        multi = everything and not all(
-            BasisStore.exists(p)
-            for p in [self.paths.unified(), *(self.paths.zeroshot(t) for t in cfg.tasks)]
+        return wanted
+
+    def _multitask_bases(self) -> None:
+        """The unified and zero-shot bases over all tasks, from every n-th row of each (about
+        `unified_per_task` rows a task)."""
+        cfg = self.cfg
+        stores = {t: str(self.paths.trajectory(t)) for t in cfg.tasks}
+        every = max(1, cfg.rows // cfg.unified_per_task)
+        multitask_bases(
+            stores,
+            str(self.paths.multitask()),
+            cfg.unified_dim,
+            mode="delta",
+            selection=f"every:{every}",
+            overwrite=True,
         )
-        total = len(wanted) + (1 if everything else 0)
-        done = total - len(todo) - (1 if multi else 0)
-        self._tick("bases", done, total)
-        for path, compute in todo:
-            if path.exists():
-                self._recompute(path, compute)
-            else:
-                compute(path)
-            done += 1
-            self._tick("bases", done, total)
-        if multi:
-            stores = {t: str(self.paths.trajectory(t)) for t in cfg.tasks}
-            every = max(1, cfg.rows // cfg.unified_per_task)
-            multitask_bases(
-                stores,
-                str(self.paths.multitask()),
-                cfg.unified_dim,
-                mode="delta",
-                selection=f"every:{every}",
-                overwrite=True,
-            )
-            self._tick("bases", total, total)
 
     @staticmethod
     def _recompute(path: Path, compute: Callable[[Path], Any]) -> None:

@@ -119,13 +119,8 @@ def _ingest(
     started = time.perf_counter()
     done = store.num_rows if store is not None else 0
     dtype = store.dtype if store is not None else options.dtype
-    pending = rows[done:]
     if preflight:
-        for i, row in enumerate(pending):
-            with _named(row.name):
-                encode_row(row.load(), layout, dtype)
-            if progress:
-                progress("check", i + 1, len(pending))
+        _check_rows(rows[done:], layout, dtype, progress)
     if store is None:
         store = TrajectoryStore.create(
             url,
@@ -136,30 +131,7 @@ def _ingest(
             chunk_cols=options.chunk_cols,
             storage_options=options.storage_options,
         )
-    written = verified = skipped = 0
-    for index, row in enumerate(rows):
-        with _named(row.name):
-            if index < done and not verify_existing:
-                held = store.row(index).step
-                if row.step is not None and held is not None and held != row.step:
-                    raise Conflict(f"row {index} of {store.url} is step {held}, not {row.step}")
-                skipped += 1
-            elif index < done:
-                try:
-                    store.write_row(index, row.load())
-                except Conflict as exc:
-                    raise Conflict(
-                        f"differs from row {index} already committed in {store.url}; "
-                        "it is not the same trajectory"
-                    ) from exc
-                verified += 1
-            else:
-                store.write_row(
-                    index, row.load(), step=row.step, epoch=row.epoch, metrics=row.metrics
-                )
-                written += 1
-        if progress:
-            progress("write", index + 1, len(rows))
+    written, verified, skipped = _write_rows(store, rows, done, verify_existing, progress)
     log.info("%s: %d rows written, %d verified, %d skipped", store.url, written, verified, skipped)
     return IngestReport(
         url=store.url,
@@ -170,6 +142,64 @@ def _ingest(
         layout_hash=store.layout.hash,
         seconds=time.perf_counter() - started,
     )
+
+
+def _check_rows(
+    pending: Sequence[_Row], layout: Layout, dtype: str, progress: Progress | None
+) -> None:
+    """Phase `check`: run every test a write would run on the pending rows, writing nothing."""
+    for i, row in enumerate(pending):
+        with _named(row.name):
+            encode_row(row.load(), layout, dtype)
+        if progress:
+            progress("check", i + 1, len(pending))
+
+
+def _write_rows(
+    store: TrajectoryStore,
+    rows: Sequence[_Row],
+    done: int,
+    verify_existing: bool,
+    progress: Progress | None,
+) -> tuple[int, int, int]:
+    """Phase `write`: append the rows past the `done` committed ones; re-send the committed ones
+    (or, without `verify_existing`, only compare their steps). Returns (written, verified,
+    skipped)."""
+    written = verified = skipped = 0
+    for index, row in enumerate(rows):
+        with _named(row.name):
+            if index < done and not verify_existing:
+                _check_step(store, index, row)
+                skipped += 1
+            elif index < done:
+                _verify_row(store, index, row)
+                verified += 1
+            else:
+                store.write_row(
+                    index, row.load(), step=row.step, epoch=row.epoch, metrics=row.metrics
+                )
+                written += 1
+        if progress:
+            progress("write", index + 1, len(rows))
+    return written, verified, skipped
+
+
+def _check_step(store: TrajectoryStore, index: int, row: _Row) -> None:
+    """A committed row not re-sent must at least be the same step."""
+    held = store.row(index).step
+    if row.step is not None and held is not None and held != row.step:
+        raise Conflict(f"row {index} of {store.url} is step {held}, not {row.step}")
+
+
+def _verify_row(store: TrajectoryStore, index: int, row: _Row) -> None:
+    """Re-send a committed row: `write_row` accepts equal bytes, raises Conflict on others."""
+    try:
+        store.write_row(index, row.load())
+    except Conflict as exc:
+        raise Conflict(
+            f"differs from row {index} already committed in {store.url}; "
+            "it is not the same trajectory"
+        ) from exc
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -320,6 +350,30 @@ def ingest_arrays(
         arrays, file_steps, file_epochs = load_arrays(arrays)
         steps = file_steps if steps is None else steps
         epochs = file_epochs if epochs is None else epochs
+    t, given = _array_shapes(name, arrays, steps, epochs)
+    store = _existing(url, options)
+    layout = _arrays_layout(name, given, store, layout)
+    rows = [_array_row(name, arrays, i, steps, epochs) for i in range(t)]
+    return _ingest(
+        url,
+        rows,
+        layout,
+        store,
+        options,
+        verify_existing=verify_existing,
+        preflight=preflight,
+        progress=progress,
+    )
+
+
+def _array_shapes(
+    name: str,
+    arrays: Mapping[str, Any],
+    steps: Sequence[int] | npt.NDArray[Any] | None,
+    epochs: Sequence[float] | npt.NDArray[Any] | None,
+) -> tuple[int, dict[str, int]]:
+    """(rows, {group: D_group}) of arrays that are all 2-D with one row count, which the step
+    and epoch values (if given) match."""
     if not arrays:
         raise InvalidInput(f"{name}: no arrays given")
     shapes = {g: np.shape(a) for g, a in arrays.items()}
@@ -333,38 +387,41 @@ def ingest_arrays(
     for label, meta in (("step", steps), ("epoch", epochs)):
         if meta is not None and len(meta) != t:
             raise InvalidInput(f"{name}: {len(meta)} {label} values for {t} rows")
-    store = _existing(url, options)
+    return t, {g: s[1] for g, s in shapes.items()}
+
+
+def _arrays_layout(
+    name: str, given: dict[str, int], store: TrajectoryStore | None, layout: Layout | None
+) -> Layout:
+    """The layout the arrays go in: the store's (which a given one must agree with), else the
+    given one, else one group per array; the arrays' sizes must match its groups."""
     if store is not None:
         if layout is not None:
             store.layout.check_compatible(layout, "the given layout")
         layout = store.layout
     elif layout is None:
-        layout = flat_layout({g: s[1] for g, s in shapes.items()})
+        layout = flat_layout(given)
     expected = {g.name: g.size for g in layout.groups}
-    given = {g: s[1] for g, s in shapes.items()}
     if given != expected:
         raise LayoutMismatch(
             f"{name}: arrays {given} do not match the layout's groups {expected} "
             f"(layout {layout.hash[:12]})"
         )
+    return layout
 
-    def row(i: int) -> _Row:
-        return _Row(
-            f"{name}[{i}]",
-            lambda: {g: np.asarray(a[i]) for g, a in arrays.items()},
-            step=None if steps is None else int(steps[i]),
-            epoch=None if epochs is None else float(epochs[i]),
-        )
 
-    return _ingest(
-        url,
-        [row(i) for i in range(t)],
-        layout,
-        store,
-        options,
-        verify_existing=verify_existing,
-        preflight=preflight,
-        progress=progress,
+def _array_row(
+    name: str,
+    arrays: Mapping[str, Any],
+    i: int,
+    steps: Sequence[int] | npt.NDArray[Any] | None,
+    epochs: Sequence[float] | npt.NDArray[Any] | None,
+) -> _Row:
+    return _Row(
+        f"{name}[{i}]",
+        lambda: {g: np.asarray(a[i]) for g, a in arrays.items()},
+        step=None if steps is None else int(steps[i]),
+        epoch=None if epochs is None else float(epochs[i]),
     )
 
 

@@ -240,13 +240,7 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
     registry_task = load_task(task).name.lower().replace("_", "-")
     work = cfg.workdir / "finetune"
     shutil.rmtree(work, ignore_errors=True)
-    common = dict(
-        task=task,
-        model=model,
-        train=TrainConfig(max_steps=cfg.finetune_steps, seed=cfg.seed),
-        train_size=cfg.finetune_train_size or (800 if task == "rotten_tomatoes" else None),
-        dev_size=cfg.finetune_dev_size or (400 if task == "rotten_tomatoes" else None),
-    )
+    common = _shared_spec(cfg, task, model)
     # Both runs pull the task's own "task" basis (random takes only its rank from it).
     remote = dict(
         registry=RegistryConfig(server.url, token=client.token),
@@ -269,13 +263,7 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
         )
     )
     tick("full")
-    store = TrajectoryStore.open(work / "trajectory")
-    client.create_task(registry_task, model=store.model_name, layout=store.layout)
-    client.upload_trajectory(registry_task, str(work / "trajectory"))
-    rank = min(cfg.finetune_rank, store.num_rows - 1)
-    client.compute_basis(registry_task, BasisKind.TASK, rank=rank, mode=BasisMode.DELTA).wait(
-        timeout=1800
-    )
+    rank, rows = _publish_basis(client, registry_task, work / "trajectory", cfg.finetune_rank)
     tick("basis")
     sub = SubspaceConfig(rank=rank)
     for method in ("intrinsic", "random"):
@@ -287,16 +275,42 @@ def subspace_finetune(cfg: DemoConfig, client, server, progress=None) -> dict:
         "model": model,
         "task": task,
         "rank": rank,
-        "rows": store.num_rows,
-        "runs": {
-            m: {
-                "metric": r["metric"],
-                "score": r["score"],
-                "rank": r["rank"],
-                "seconds": r["seconds"],
-                "trainable": r["train"].get("trainable"),
-                "posted": (r.get("registry_run") or {}).get("posted"),
-            }
-            for m, r in runs.items()
-        },
+        "rows": rows,
+        "runs": {m: _run_summary(r) for m, r in runs.items()},
+    }
+
+
+def _shared_spec(cfg: DemoConfig, task: str, model: str) -> dict:
+    """The RunSpec fields every demo run shares: task, model, training budget and data sizes."""
+    return dict(
+        task=task,
+        model=model,
+        train=TrainConfig(max_steps=cfg.finetune_steps, seed=cfg.seed),
+        train_size=cfg.finetune_train_size or (800 if task == "rotten_tomatoes" else None),
+        dev_size=cfg.finetune_dev_size or (400 if task == "rotten_tomatoes" else None),
+    )
+
+
+def _publish_basis(client, registry_task: str, trajectory: Path, max_rank: int) -> tuple[int, int]:
+    """Register the task, upload the recorded trajectory and have the registry compute its
+    delta "task" basis; returns (its rank, the trajectory's rows)."""
+    store = TrajectoryStore.open(trajectory)
+    client.create_task(registry_task, model=store.model_name, layout=store.layout)
+    client.upload_trajectory(registry_task, str(trajectory))
+    rank = min(max_rank, store.num_rows - 1)
+    client.compute_basis(registry_task, BasisKind.TASK, rank=rank, mode=BasisMode.DELTA).wait(
+        timeout=1800
+    )
+    return rank, store.num_rows
+
+
+def _run_summary(result: dict) -> dict:
+    """What the demo reports of one run's result."""
+    return {
+        "metric": result["metric"],
+        "score": result["score"],
+        "rank": result["rank"],
+        "seconds": result["seconds"],
+        "trainable": result["train"].get("trainable"),
+        "posted": (result.get("registry_run") or {}).get("posted"),
     }

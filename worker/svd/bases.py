@@ -116,17 +116,31 @@ def multitask_bases(
     for lb in held_out:
         if lb not in spans:
             raise InvalidInput(f"zero-shot task {lb!r} is not among {labels}")
-        members = [i for i in range(pos) if i not in set(spans[lb])]
-        centered = mode == BasisMode.CENTERED
-        kk = min(rank, len(members) - 1) if centered else min(rank, len(members))
-        requests.append(
-            BasisRequest(
-                _join(out_dir, f"zeroshot-{lb}"),
-                max(kk, 1),
-                members,
-                BasisKind.ZEROSHOT,
-                {"tasks": [x for x in labels if x != lb], "held_out": lb},
-                out_opts,
-            )
-        )
+        requests.append(_zeroshot_request(out_dir, rank, mode, labels, lb, spans, pos, out_opts))
     return compute_bases(sources, requests, mode=mode, method=method, **kw)
+
+
+def _zeroshot_request(
+    out_dir: str,
+    rank: int,
+    mode: BasisMode | str,
+    labels: Sequence[str],
+    held_out: str,
+    spans: Mapping[str, list[int]],
+    rows: int,
+    out_opts: dict[str, Any] | None,
+) -> BasisRequest:
+    """The zero-shot request for `held_out`: every one of the `rows` rows but the held-out
+    task's span (`spans`: label -> its rows), its rank capped by the rows left (one fewer when
+    centred)."""
+    members = [i for i in range(rows) if i not in set(spans[held_out])]
+    centered = mode == BasisMode.CENTERED
+    kk = min(rank, len(members) - 1) if centered else min(rank, len(members))
+    return BasisRequest(
+        _join(out_dir, f"zeroshot-{held_out}"),
+        max(kk, 1),
+        members,
+        BasisKind.ZEROSHOT,
+        {"tasks": [x for x in labels if x != held_out], "held_out": held_out},
+        out_opts,
+    )

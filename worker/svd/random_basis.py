@@ -41,6 +41,7 @@ caller's thread count either.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -146,6 +147,57 @@ def _cholesky(gram: torch.Tensor, what: str) -> torch.Tensor:
         raise InvalidInput(f"the Gaussian draw of {what} is not of full rank: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _Passes:
+    """The two passes over each layer's Gaussian G (d, k) of one `random_orthonormal` call: its
+    rank, seed, rows per block (None: one block), per-block callback, and where V goes (`write`,
+    else `out`)."""
+
+    k: int
+    seed: int
+    step: int | None
+    tick: Callable[[], None]
+    write: Write | None
+    out: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def gram(self, i: int, d: int, kept: list[torch.Tensor] | None) -> torch.Tensor:
+        """G^T G (k, k) float64 of layer i, accumulated block by block; the blocks of G are
+        appended to `kept` when it is a list (to be solved without drawing them again)."""
+        g: torch.Tensor | None = None
+        for _a, _b, x in gaussian_blocks(d, self.k, self.seed, i, self.step):
+            g = x.T @ x if g is None else g.addmm_(x.T, x)
+            if kept is not None:
+                kept.append(x)
+            self.tick()
+        if g is None:
+            # No blocks: a layer of 0 rows, streamed (unstreamed it is one empty block). Its
+            # Gram is zero, as the unstreamed x.T @ x of a (0, k) x gives.
+            g = torch.zeros(self.k, self.k, dtype=torch.float64)
+        return g
+
+    def solve(
+        self, name: str, i: int, d: int, r: torch.Tensor, kept: list[torch.Tensor] | None
+    ) -> None:
+        """V = G R^-1 of layer i in float32, block by block from `kept` (else G drawn again):
+        each block to `write`, or, without it, the whole V into out[name]."""
+        if kept is None:
+            blocks = gaussian_blocks(d, self.k, self.seed, i, self.step)
+        else:
+            pairs = zip(row_blocks(d, self.k, self.step), kept, strict=True)
+            blocks = ((a, b, x) for (a, b), x in pairs)
+        full = None if self.write is not None else np.empty((d, self.k), dtype=np.float32)
+        for a, b, x in blocks:
+            v = torch.linalg.solve_triangular(r, x, upper=True, left=False).float().numpy()
+            if full is None:
+                assert self.write is not None  # full is None exactly when write was given
+                self.write(name, a, b, v)
+            else:
+                full[a:b] = v
+            self.tick()
+        if full is not None:
+            self.out[name] = full
+
+
 def random_orthonormal(
     shapes: Mapping[str, int],
     k: int,
@@ -170,52 +222,20 @@ def random_orthonormal(
     _check(shapes, k, seed, scope)
     step = rows_per_block or (block_rows(k) if write is not None else None)
     row_blocks(1, 1, step)  # validates the step before any work
-    tick = tick or (lambda: None)
+    passes = _Passes(k, seed, step, tick or (lambda: None), write)
     layers = list(shapes.items())
-    out: dict[str, np.ndarray] = {}
-
-    def gram(i: int, d: int, kept: list[torch.Tensor] | None) -> torch.Tensor:
-        g: torch.Tensor | None = None
-        for _a, _b, x in gaussian_blocks(d, k, seed, i, step):
-            g = x.T @ x if g is None else g.addmm_(x.T, x)
-            if kept is not None:
-                kept.append(x)
-            tick()
-        if g is None:
-            # No blocks: a layer of 0 rows, streamed (unstreamed it is one empty block). Its
-            # Gram is zero, as the unstreamed x.T @ x of a (0, k) x gives.
-            g = torch.zeros(k, k, dtype=torch.float64)
-        return g
-
-    def solve(name: str, i: int, d: int, r: torch.Tensor, kept: list[torch.Tensor] | None) -> None:
-        if kept is None:
-            blocks = gaussian_blocks(d, k, seed, i, step)
-        else:
-            blocks = ((a, b, x) for (a, b), x in zip(row_blocks(d, k, step), kept, strict=True))
-        full = None if write is not None else np.empty((d, k), dtype=np.float32)
-        for a, b, x in blocks:
-            v = torch.linalg.solve_triangular(r, x, upper=True, left=False).float().numpy()
-            if full is None:
-                assert write is not None  # full is None exactly when write was given
-                write(name, a, b, v)
-            else:
-                full[a:b] = v
-            tick()
-        if full is not None:
-            out[name] = full
-
     with single_thread():
         if scope == BasisScope.GLOBAL:
             total = torch.zeros(k, k, dtype=torch.float64)
             for i, (_name, d) in enumerate(layers):
-                total += gram(i, d, None)
+                total += passes.gram(i, d, None)
             r = _cholesky(total, f"the {len(layers)} stacked layers")
             for i, (name, d) in enumerate(layers):
-                solve(name, i, d, r, None)
+                passes.solve(name, i, d, r, None)
         else:
             for i, (name, d) in enumerate(layers):
                 # Returning the outputs holds them anyway: hold G too rather than draw it again.
                 kept: list[torch.Tensor] | None = [] if write is None else None
-                r = _cholesky(gram(i, d, kept), f"layer {name!r} ({d} x {k})")
-                solve(name, i, d, r, kept)
-    return out if write is None else None
+                r = _cholesky(passes.gram(i, d, kept), f"layer {name!r} ({d} x {k})")
+                passes.solve(name, i, d, r, kept)
+    return passes.out if write is None else None

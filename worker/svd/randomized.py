@@ -135,23 +135,10 @@ def randomized_solves(
         key: [_orth(t @ part.y[:, :w]) for t, w in zip(ts, widths, strict=True)]
         for key, part in sk.items()
     }
-    for it in range(params.power_iters + 1):
-        rayleigh = it == params.power_iters
-        ms = {
-            key: np.hstack([t.T @ q for t, q in zip(ts, qk, strict=True)]) for key, qk in qs.items()
-        }
-        pw = run_power(ms, rayleigh)
-        if not rayleigh:
-            qs = {
-                key: [
-                    _orth(t @ pw[key].z[:, offsets[r] : offsets[r + 1]]) for r, t in enumerate(ts)
-                ]
-                for key in qs
-            }
+    qs, cs = _power_passes(run_power, qs, ts, offsets, params.power_iters)
     out: dict[Hashable, list[SmallSolve]] = {}
     for key, qk in qs.items():
-        c = pw[key].c
-        assert c is not None  # the last power pass ran with rayleigh=True, which sets c
+        c = cs[key]
         out[key] = [
             _ritz(
                 c[offsets[r] : offsets[r + 1], offsets[r] : offsets[r + 1]],
@@ -165,6 +152,36 @@ def randomized_solves(
             for r in range(len(ts))
         ]
     return out
+
+
+def _power_passes(
+    run_power: RunPower,
+    qs: dict[Hashable, list[np.ndarray]],
+    ts: Sequence[np.ndarray],
+    offsets: np.ndarray,
+    power_iters: int,
+) -> tuple[dict[Hashable, list[np.ndarray]], dict[Hashable, np.ndarray]]:
+    """The power passes, then the Rayleigh-Ritz one, all targets side by side (target r in
+    columns offsets[r]:offsets[r + 1]). Returns the final Q per key and target, and C per key."""
+    for it in range(power_iters + 1):
+        rayleigh = it == power_iters
+        ms = {
+            key: np.hstack([t.T @ q for t, q in zip(ts, qk, strict=True)]) for key, qk in qs.items()
+        }
+        pw = run_power(ms, rayleigh)
+        if not rayleigh:
+            qs = {
+                key: [
+                    _orth(t @ pw[key].z[:, offsets[r] : offsets[r + 1]]) for r, t in enumerate(ts)
+                ]
+                for key in qs
+            }
+    cs = {}
+    for key in qs:
+        c = pw[key].c
+        assert c is not None  # the last power pass ran with rayleigh=True, which sets c
+        cs[key] = c
+    return qs, cs
 
 
 def _orth(y: np.ndarray) -> np.ndarray:
