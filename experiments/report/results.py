@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,30 @@ class Results:
 
 def _score(r: Record) -> Any:
     return r.get("score")
+
+
+_REQUESTED_DIM = re.compile(r"/d(\d+)/")
+
+
+def at_requested_dim(records: Sequence[Record], notes: list[str]) -> list[Record]:
+    """Runs asked for dim N whose basis held fewer directions (the kernels' rcond cut a
+    vanishing one) stand in their dim-N cell, as the run that was asked for, with `columns`
+    the directions they had; a note names them, so no cell hides it."""
+    out, short = [], {}
+    for r in records:
+        m = _REQUESTED_DIM.search(str(r.get("id", "")))
+        dim = r.get("dim")
+        if m and isinstance(dim, int) and dim < int(m.group(1)):
+            asked = int(m.group(1))
+            r = {**r, "dim": asked, "columns": dim}
+            short.setdefault((r["task"], r["method"], asked), dim)
+        out.append(r)
+    for (task, method, asked), had in sorted(short.items()):
+        notes.append(
+            f"{task} / {method} at dim {asked} trained in the {had} directions its basis holds "
+            f"(the rest fell below rcond); it stands in the dim-{asked} cells."
+        )
+    return out
 
 
 def _usable(r: Any) -> bool:
@@ -135,6 +160,7 @@ def load_results(out_dir: str | os.PathLike) -> Results:
     # and never enter a table of dev scores.
     records = [r for r in read_runs(out) if _usable(r) and r.get("phase") != "tune"]
     notes: list[str] = []
+    records = at_requested_dim(records, notes)
     raw = _read_json(out / "config.json", notes, "settings below are defaults or from the runs")
     phases = _read_json(out / "phases.json", notes, "no wall-clock per phase")
     d90 = _read_json(out / "d90.json", notes, "the d90 section is empty")
