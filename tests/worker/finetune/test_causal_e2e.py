@@ -155,3 +155,109 @@ def test_registry_round_trip_for_a_decoder(tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "intr" / "model")
     tok = AutoTokenizer.from_pretrained(tmp_path / "intr" / "model")
     assert all(isinstance(t, str) for t in generate(merged, tok, PROMPTS, max_new_tokens=3))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_registry_basis_trainer_and_peft_round_trip(arch, tmp_path):
+    """record -> registry basis -> pull -> intrinsic fine-tune by the HF Trainer (bf16 autocast
+    on CPU, gradient accumulation 2) -> PEFT save -> PEFT load in a fresh process -> the same
+    logits."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    from transformers import TrainingArguments
+
+    from client import Client
+    from services.local import LocalServer
+    from worker.finetune.methods import prepare
+    from worker.finetune.peft_export import export_peft
+    from worker.finetune.sources import RegistryBasisSource
+    from worker.finetune.trainer import SubspaceTrainer
+
+    task = color_pairs(tmp_path / "colors.jsonl")
+    seed_everything(0)
+    examples = load_task(task, problem=CAUSAL_LM).train
+    loaded = load_causal_model(f"tiny-{arch}", texts=examples.texts + examples.responses)
+    theta0 = tmp_path / "theta0"
+    loaded.model.save_pretrained(theta0)
+    loaded.tokenizer.save_pretrained(theta0)
+    full = run(
+        RunSpec(
+            task=task,
+            method="full",
+            model=str(theta0),
+            task_type="causal-lm",
+            train=TrainConfig(max_steps=6, batch_size=8, lr=1e-2, seed=1),
+            record_trajectory=str(tmp_path / "traj"),
+            record_every=2,
+        )
+    )
+    store = TrajectoryStore.open(full["trajectory"])
+    with LocalServer(tmp_path / "registry") as server:
+        token = server.admin_token()
+        with Client(server.url, token=token, cache_dir=tmp_path / "cache") as client:
+            client.create_task("colors", model=store.model_name, layout=store.layout)
+            client.upload_trajectory("colors", full["trajectory"])
+            client.compute_basis("colors", "task", rank=3, mode="delta").wait(timeout=120)
+        source = RegistryBasisSource(
+            server.url, "colors", "task", token=token, cache_dir=str(tmp_path / "cache")
+        )
+        model = load_causal_model(str(theta0)).model
+        sub = prepare("intrinsic", model, SubspaceConfig(train_parts=()), source=source)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / "hf"),
+            max_steps=4,
+            per_device_train_batch_size=4,
+            gradient_accumulation_steps=2,
+            bf16=True,
+            report_to=[],
+            save_strategy="no",
+            use_cpu=True,
+            remove_unused_columns=False,
+            disable_tqdm=True,
+        )
+        before = {k: v.detach().clone() for k, v in sub.subspace_theta.items()}
+        SubspaceTrainer(
+            model=sub,
+            args=args,
+            train_dataset=tokenize_examples(loaded.tokenizer, examples, 32),
+            data_collator=LMCollator(loaded.tokenizer),
+            theta_lr=0.05,
+        ).train()
+        assert any(not torch.equal(before[k], v) for k, v in sub.subspace_theta.items())
+        export_peft(sub, tmp_path / "adapter")
+        batch = loaded.tokenizer(PROMPTS, return_tensors="pt", padding=True)
+        # accelerate left its bf16 autocast wrapper on the trained model's forward: compare in
+        # float32, as the fresh process computes.
+        vars(sub).pop("forward", None)
+        with torch.no_grad():
+            want = sub.eval()(**batch).logits
+        torch.save({"batch": dict(batch), "logits": want}, tmp_path / "want.pt")
+        script = textwrap.dedent(
+            f"""
+            import torch
+            from peft import PeftModel
+            from transformers import AutoModelForCausalLM
+            import worker.finetune.peft_adapter  # registers the tinysub PEFT method
+            saved = torch.load({str(tmp_path / "want.pt")!r})
+            base = AutoModelForCausalLM.from_pretrained({str(theta0)!r}).eval()
+            model = PeftModel.from_pretrained(base, {str(tmp_path / "adapter")!r})
+            with torch.no_grad():
+                got = model(**saved["batch"]).logits
+            print(float((got - saved["logits"]).abs().max()))
+            """
+        )
+        # A fresh process with an empty cache: the adapter pulls V from the registry.
+        env = {"TINYSUB_TOKEN": token, "TINYSUB_CACHE": str(tmp_path / "fresh-cache")}
+        out = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, **env},
+        )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert float(out.stdout.strip().splitlines()[-1]) <= 1e-5
