@@ -75,7 +75,7 @@ def test_ray_workers_get_this_checkout_on_their_path(monkeypatch):
     monkeypatch.delenv("PYTHONPATH", raising=False)
     root = pathlib.Path(package_root())
     assert (root / "worker" / "executors" / "ray.py").is_file()
-    assert (root / "storage" / "trajectory.py").is_file()
+    assert (root / "storage" / "trajectory" / "__init__.py").is_file()
 
     env = worker_runtime_env({"env_vars": {"OTHER": "1"}, "pip": ["x"]})
     assert env["pip"] == ["x"]
