@@ -34,28 +34,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.basis import _status_kb, reset_peak  # noqa: E402 - after the path fix
+
 QUICK = [("minilm", "classification"), ("tiny-gpt2", "causal_lm")]
 TINY = [("tiny-bert", "classification"), ("tiny-gpt2", "causal_lm")]
 METHODS = ["full", "intrinsic", "freeze"]
-
-
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
 
 
 def child(model_name: str, problem: str, method: str, args: argparse.Namespace) -> dict:
@@ -94,7 +77,7 @@ def child(model_name: str, problem: str, method: str, args: argparse.Namespace) 
 
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     base_rss = _status_kb("VmRSS")
-    _reset_peak()
+    reset_peak()
     t0 = time.perf_counter()
     step()
     first = time.perf_counter() - t0
