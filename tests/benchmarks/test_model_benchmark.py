@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,22 @@ from pathlib import Path
 import pytest
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "model.py"
+
+
+def run_group(cmd: list[str], timeout: float) -> tuple[int, str]:
+    """Run `cmd` in its own process group; on timeout kill the whole group. Spark's JVM is a
+    grandchild that holds the pipes open: killing only the Python child would leave
+    subprocess.run waiting for them for ever."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"{cmd[1]} ran past {timeout} s; its stderr ends:\n{stderr[-3000:]}")
+    return proc.returncode, stderr
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +59,14 @@ def test_a_small_run_writes_the_promised_rows(system, tmp_path):
     out = tmp_path / "model.json"
     # tinysub: a cold and a warm row, each from its own process, whose bytes must agree.
     caches = ["cold", "warm"] if system == "tinysub-local" else ["warm"]
-    done = subprocess.run(
+    code, stderr = run_group(
         [sys.executable, str(SCRIPT), "--layers", "2", "--D", "3000", "--t", "6",
          "--workers", "2", "--spark-memory", "1g", "--systems", system,
          *(["--warm"] if caches == ["warm"] else []),
          "--cache-dir", str(tmp_path / "cache"), "--out", str(out)],
-        capture_output=True, text=True, timeout=300,
+        timeout=300,
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert code == 0, stderr[-3000:]
     doc = json.loads(out.read_text())
     rows = doc["rows"]
     assert [(r["system"], r["cache"]) for r in rows] == [(system.split("-")[0], c) for c in caches]

@@ -257,7 +257,14 @@ def _pretrained(auto_cls, source: ModelSource, tokenizer=None, **kwargs):
     try:
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(source.location, **source.options)
-        model = auto_cls.from_pretrained(source.location, **kwargs, **source.options)
+        # transformers looks for a PEFT adapter_config.json beside the model with only the
+        # adapter_kwargs (not local_files_only or cache_dir): without these, an offline load of
+        # a Hub ID still asks the network, and retries, for a file it must not fetch.
+        adapter = {k: source.options[k] for k in ("cache_dir", "local_files_only")
+                   if k in source.options}  # fmt: skip
+        model = auto_cls.from_pretrained(
+            source.location, **kwargs, **source.options, adapter_kwargs=adapter
+        )
     except (OSError, ValueError) as exc:
         reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else "", source)
         if source.path is None and not source.options.get("local_files_only"):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 
 import pytest
 import torch
+from huggingface_hub import constants as hf_constants
 
 from storage.errors import InvalidInput, NotFound
 from worker.finetune import models
@@ -43,6 +45,8 @@ def hub(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(home))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; a process started offline has it set.
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
     ctok = causal_word_tokenizer(TEXTS)
     ids = {"pad_id": 0, "bos_id": 2, "eos_id": 3}
     torch.manual_seed(0)
@@ -59,7 +63,12 @@ def _no_machine_path(message: str, *extra) -> None:
         assert path not in message, (path, message)
 
 
-def test_hub_ids_load_from_the_cache_offline(hub):
+def test_hub_ids_load_from_the_cache_offline(hub, monkeypatch):
+    # Offline means no network at all: not even transformers' look for a PEFT adapter beside
+    # the model (which once retried a HEAD request for 30 s per model).
+    lookups: list = []
+    real = socket.getaddrinfo
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: lookups.append(a) or real(*a, **k))
     loaded = load_causal_model("tinysub-test/tiny-gpt2")
     assert loaded.name == "tinysub-test/tiny-gpt2" and loaded.path is None
     want = hub["gpt2"].state_dict()
@@ -71,6 +80,7 @@ def test_hub_ids_load_from_the_cache_offline(hub):
         bert.model.bert.embeddings.word_embeddings.weight,
         hub["bert"].bert.embeddings.word_embeddings.weight,
     )
+    assert lookups == [], f"an offline load looked up {lookups[:3]}"
 
 
 def test_a_missing_hub_id_is_one_clear_error(hub):
