@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from storage.errors import InvalidInput
+from storage.vocabulary import TrainEngine, parse
 
 # The four tasks and the GLUE task each one stands in for.
 TASKS = ("rotten_tomatoes", "trec6", "vader_movies", "sms_spam")
@@ -62,6 +63,9 @@ class PaperConfig:
     dev_size: int = 500
     steps: int = 64
     batch_size: int = 16
+    # Who runs the training steps (TrainConfig.engine): the committed ledger was made by
+    # tinysub's own loop; "trainer" runs the same steps through the Hugging Face Trainer.
+    engine: TrainEngine = TrainEngine.LOOP
     # Every learning rate is chosen in phase tune on a tuning split carved beside dev (never on
     # the dev split the tables report), by the mean over tasks of runs of seed tune_seed; a
     # number here fixes it instead. Order: head (freeze runs), then lr (full runs, with that
@@ -136,6 +140,7 @@ class PaperConfig:
             raise InvalidInput(f"tasks repeat: {self.tasks}")
         if not self.seeds:
             raise InvalidInput("give at least one seed")
+        object.__setattr__(self, "engine", parse(TrainEngine, self.engine, "engine"))
         if self.rows < 2 or self.trajectory_steps % self.rows:
             raise InvalidInput(
                 f"trajectory_steps ({self.trajectory_steps}) must be a multiple of rows "

@@ -96,9 +96,11 @@ class PaperExperiment:
         mine = self.cfg.to_dict()
         if path.exists():
             saved = json.loads(path.read_text())
-            theirs = {k: saved[k] for k in mine if k in saved}
+            # A setting added after the folder was written counts as its default there.
+            defaults = PaperConfig().to_dict()
+            theirs = {k: saved.get(k, defaults.get(k)) for k in mine}
             # workers only changes how fast, never the numbers
-            diff = sorted(k for k in mine if k != "workers" and theirs.get(k) != mine[k])
+            diff = sorted(k for k in mine if k != "workers" and theirs[k] != mine[k])
             if diff:
                 raise InvalidInput(
                     f"{self.out} holds an experiment with other settings ({', '.join(diff)}); "

@@ -106,6 +106,7 @@ class RunBuilder:
             lr=self.setting("lr") if lr is None else lr,
             head_lr=self.setting("head_lr") if head_lr is None else head_lr,
             batch_size=cfg.batch_size,
+            engine=cfg.engine,
             max_steps=steps or cfg.steps,
             max_length=cfg.max_length,
             seed=seed,

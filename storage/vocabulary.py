@@ -1,10 +1,11 @@
 """The project's vocabulary: one name and one type for each word the layers exchange.
 
-Basis kinds, modes and scopes, the SVD methods, job and basis statuses, upload part statuses
-and token scopes are each a `StrEnum` here. Why at the bottom layer: every layer says these
-words (the kernels pick a mode, the registry stores a status, the client waits for one, the CLI
-offers the choices), and the import contract lets every layer import storage, so one definition
-serves them all instead of a tuple of strings per module.
+Basis kinds, modes and scopes, the SVD methods, job and basis statuses, upload part
+statuses, token scopes and training engines are each a `StrEnum` here. Why at the bottom
+layer: every layer says these words (the kernels pick a mode, the registry stores a status,
+the client waits for one, the CLI offers the choices), and the import contract lets every
+layer import storage, so one definition serves them all instead of a tuple of strings per
+module.
 
 Each member *is* its string (`BasisMode.DELTA == "delta"`, `json.dumps` writes `"delta"`), so
 JSON bodies, database columns and manifests hold exactly the bytes they held as bare strings.
@@ -34,6 +35,7 @@ __all__ = [
     "PartStatus",
     "SvdMethod",
     "TokenScope",
+    "TrainEngine",
     "parse",
     "values",
 ]
@@ -133,6 +135,14 @@ class TokenScope(StrEnum):
     def rank(self) -> int:
         """The scope's place in read < write < admin."""
         return list(TokenScope).index(self)
+
+
+class TrainEngine(StrEnum):
+    """Who runs a fine-tuning run's steps: the Hugging Face Trainer, or tinysub's own loop
+    (the same batches, groups and schedule; the paper run's committed ledger is the loop's)."""
+
+    TRAINER = "trainer"
+    LOOP = "loop"
 
 
 E = TypeVar("E", bound=StrEnum)

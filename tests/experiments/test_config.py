@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from experiments.config import PaperConfig, preset
@@ -59,3 +61,20 @@ def test_unknown_settings_and_presets_are_refused():
         PaperConfig.from_dict({"stepz": 3})
     with pytest.raises(InvalidInput, match="unknown preset"):
         preset("huge")
+
+
+def test_a_setting_newer_than_the_folder_counts_as_its_default(tmp_path):
+    """A folder written before `engine` existed resumes as the loop; another engine is refused."""
+    from experiments.paper import PaperExperiment
+
+    cfg = preset("tiny")
+    PaperExperiment(cfg, tmp_path)
+    path = tmp_path / "config.json"
+    saved = json.loads(path.read_text())
+    assert saved.pop("engine") == "loop"
+    path.write_text(json.dumps(saved))
+    PaperExperiment(cfg, tmp_path)  # resumes
+    with pytest.raises(InvalidInput, match=r"other settings \(engine\)"):
+        PaperExperiment(cfg.replace(engine="trainer"), tmp_path)
+    with pytest.raises(InvalidInput, match="engine 'fast' is not one of"):
+        cfg.replace(engine="fast")

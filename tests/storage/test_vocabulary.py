@@ -20,6 +20,7 @@ from storage.vocabulary import (
     PartStatus,
     SvdMethod,
     TokenScope,
+    TrainEngine,
     parse,
     values,
 )
@@ -35,6 +36,7 @@ WIRE = {
     JobStatus: ["pending", "running", "succeeded", "failed", "cancelled"],
     PartStatus: ["staged", "committed"],
     TokenScope: ["read", "write", "admin"],
+    TrainEngine: ["trainer", "loop"],
 }
 
 

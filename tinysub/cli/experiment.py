@@ -35,14 +35,20 @@ Work = Annotated[
     typer.Option(help="Where trajectories, bases and run folders go (default OUT/work)."),
 ]
 Progress = Annotated[bool, typer.Option(help="Show progress bars.")]
+Engine = Annotated[
+    str,
+    typer.Option(help="loop (tinysub's own loop, as the committed ledger) | trainer (HF Trainer)."),
+]
 
 
-def _config(preset: str, quick: bool, workers: int | None):
-    cfg = load_preset("quick" if quick else preset)
+def _config(preset: str, quick: bool, workers: int | None, engine: str = "loop"):
+    cfg = load_preset("quick" if quick else preset).replace(engine=engine)
     return cfg.replace(workers=workers) if workers else cfg
 
 
-def _command(out: Path, preset: str, quick: bool, workers: int | None, work: Path | None) -> str:
+def _command(
+    out: Path, preset: str, quick: bool, workers: int | None, work: Path | None, engine: str
+) -> str:
     """The command that reproduces this experiment (budget and progress do not change it)."""
     parts = ["tinysub", "experiment", "paper", "--out", str(out)]
     if quick:
@@ -53,6 +59,8 @@ def _command(out: Path, preset: str, quick: bool, workers: int | None, work: Pat
         parts += ["--workers", str(workers)]
     if work:
         parts += ["--work", str(work)]
+    if engine != "loop":
+        parts += ["--engine", engine]
     return shlex.join(parts)
 
 
@@ -86,13 +94,14 @@ def paper_cmd(
     workers: Workers = None,
     work: Work = None,
     progress: Progress = True,
+    engine: Engine = "loop",
 ) -> None:
     """Every table and figure of the paper (and d90) on MiniLM and four packaged tasks."""
     from experiments.paper import PaperExperiment  # noqa: PLC0415 - imports torch: CLI start-up
 
     _quiet()
-    cfg = _config(preset, quick, workers)
-    command = _command(out, preset, quick, workers, work)
+    cfg = _config(preset, quick, workers, engine)
+    command = _command(out, preset, quick, workers, work, engine)
     with phase_progress(progress) as cb, _stops_on_budget(out):
         exp = PaperExperiment(
             cfg, out, work=work, budget_minutes=budget, progress=cb, command=command

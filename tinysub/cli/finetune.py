@@ -168,6 +168,22 @@ def finetune_cmd(
     sigma: Annotated[float, typer.Option(help="Outlier threshold in std.")] = 3.0,
     save_model: Annotated[bool, typer.Option(help="Also save the merged model.")] = False,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
+    engine: Annotated[
+        str, typer.Option(help="trainer (Hugging Face Trainer) | loop (tinysub's own loop).")
+    ] = "trainer",
+    grad_accum: Annotated[
+        int, typer.Option(help="Batches per optimizer step (engine trainer).")
+    ] = 1,
+    precision: Annotated[
+        str, typer.Option(help="fp32 | bf16 | fp16: autocast (engine trainer).")
+    ] = "fp32",
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="Recompute activations in backward (engine trainer).")
+    ] = False,
+    report_to: Annotated[
+        str | None,
+        typer.Option(help="Trainer loggers, comma-separated: tensorboard,mlflow,wandb."),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the run record as JSON.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -224,6 +240,11 @@ def finetune_cmd(
             device=device,
             head_lr=head_lr,
             eval_every=eval_every,
+            engine=engine,
+            grad_accum=grad_accum,
+            precision=precision,
+            gradient_checkpointing=gradient_checkpointing,
+            report_to=tuple(_parts(report_to)) if report_to else (),
         ),
         basis=basis,
         basis_ref=basis_ref,

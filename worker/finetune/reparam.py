@@ -228,6 +228,17 @@ class SubspaceModel(nn.Module):
     def forward(self, *args, **kwargs):
         return functional_call(self.base, self.effective_parameters(), args, kwargs)
 
+    def activation_checkpointing_enable(self, *args: Any, **kwargs: Any) -> None:
+        """Refused: checkpointing recomputes a layer in backward, outside the forward's
+        functional_call that put theta0 + V theta in its weights (torch then finds other
+        tensors than it saved). Full and freeze runs, plain models, take it."""
+        raise InvalidInput(
+            "gradient checkpointing does not work in a subspace model: the recomputed layers "
+            "would not see theta0 + V theta; train without it (full and freeze runs take it)"
+        )
+
+    gradient_checkpointing_enable = activation_checkpointing_enable
+
     # ------------------------------------------------------------------------ outputs
     @torch.no_grad()
     def effective_state_dict(self) -> dict[str, torch.Tensor]:

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from storage.errors import InvalidInput
+from storage.vocabulary import TrainEngine
 from worker.finetune.causal import lm_batch
 from worker.finetune.evaluation import LearningCurve, encode, evaluate, predict
 from worker.finetune.optimizer import (
@@ -118,12 +119,20 @@ def batch_loss(
 ) -> torch.Tensor:
     """The training loss of the examples `idx`: next-token loss for a causal-LM task (the
     labels are the tokens themselves, prompts masked), else the loss against the labels."""
+    return model(**batch_inputs(tokenizer, task, idx, cfg, device)).loss
+
+
+def batch_inputs(
+    tokenizer, task: Task, idx: list[int], cfg: TrainConfig, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """The model inputs of the training examples `idx`, labels included: the tokens
+    themselves (prompts masked) for a causal-LM task, else the task's labels."""
     if task.problem == CAUSAL_LM:
-        return model(**lm_batch(tokenizer, task.train, idx, cfg.max_length, device)).loss
+        return lm_batch(tokenizer, task.train, idx, cfg.max_length, device)
     labels_dtype = torch.float32 if task.problem == "regression" else torch.long
     batch = encode(tokenizer, task.train, idx, cfg.max_length, device)
     labels = torch.as_tensor(task.train.labels[idx], dtype=labels_dtype, device=device)
-    return model(**batch, labels=labels).loss
+    return {**batch, "labels": labels}
 
 
 def finite_loss(loss: torch.Tensor, step: int) -> float:
@@ -189,24 +198,16 @@ def train(
     cfg.head_lr. curve_examples: the held-out split of the learning curve (cfg.eval_every;
     default task.dev).
     """
-    device = resolve_device(cfg.device)
-    seed_everything(cfg.seed)
-    model.to(device)
-    model.train()
-    budget = StepBudget.of(len(task.train), cfg)
-    updater = build_updater(model, cfg, budget, theta_lr=theta_lr, head=head, hold_zero=hold_zero)
-    curve = LearningCurve(model, tokenizer, task, cfg, curve_examples)
-    if cfg.eval_every:
-        curve.point(0)
-    t0 = time.perf_counter()
-    try:
-        losses = train_steps(
-            model, tokenizer, task, cfg, device, updater, budget, curve, on_step, progress
-        )
-    finally:
-        updater.release()
-    # Learning-curve evaluations are not training time.
-    seconds = time.perf_counter() - t0 - curve.seconds
+    if cfg.engine == TrainEngine.TRAINER:
+        losses, seconds, curve = _trainer_steps(
+            model, tokenizer, task, cfg, theta_lr, hold_zero, on_step, progress, head,
+            curve_examples,
+        )  # fmt: skip
+    else:
+        losses, seconds, curve = _loop_steps(
+            model, tokenizer, task, cfg, theta_lr, hold_zero, on_step, progress, head,
+            curve_examples,
+        )  # fmt: skip
     t1 = time.perf_counter()
     metrics = evaluate(model, tokenizer, task, cfg) if evaluate_at_end else {}
     return TrainResult(
@@ -218,3 +219,50 @@ def train(
         trainable=count_trainable(model),
         curve=curve.points,
     )
+
+
+def _loop_steps(
+    model, tokenizer, task, cfg, theta_lr, hold_zero, on_step, progress, head, curve_examples
+) -> tuple[list[float], float, LearningCurve]:
+    """tinysub's own loop (TrainConfig.engine = "loop"): (losses, training seconds, curve)."""
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    model.to(device)
+    model.train()
+    budget = StepBudget.of(len(task.train), cfg)
+    updater = build_updater(model, cfg, budget, theta_lr=theta_lr, head=head, hold_zero=hold_zero)
+    curve = LearningCurve(model, tokenizer, task, cfg, curve_examples)
+    if cfg.eval_every:
+        curve.point(0)
+    t0, before = time.perf_counter(), curve.seconds
+    try:
+        losses = train_steps(
+            model, tokenizer, task, cfg, device, updater, budget, curve, on_step, progress
+        )
+    finally:
+        updater.release()
+    # Learning-curve evaluations are not training time.
+    return losses, time.perf_counter() - t0 - (curve.seconds - before), curve
+
+
+def _trainer_steps(
+    model, tokenizer, task, cfg, theta_lr, hold_zero, on_step, progress, head, curve_examples
+) -> tuple[list[float], float, LearningCurve]:
+    """The same steps through the Hugging Face Trainer (TrainConfig.engine = "trainer"): the
+    loop's batches, in its order, grad_accum of them per optimizer step."""
+    from worker.finetune.hf_train import train_with_trainer  # noqa: PLC0415 - transformers: slow
+
+    budget = StepBudget.of(len(task.train), cfg)
+    order = torch.Generator().manual_seed(cfg.seed)
+    batches = list(
+        batch_order(len(task.train), cfg.batch_size, budget.total * cfg.grad_accum, order)
+    )
+    cpu = torch.device("cpu")  # accelerate moves each batch to the model's device
+
+    def collate(idx: list[int]) -> dict[str, torch.Tensor]:
+        return batch_inputs(tokenizer, task, list(idx), cfg, cpu)
+
+    return train_with_trainer(
+        model, tokenizer, task, cfg, collate, batches, theta_lr=theta_lr, head=head,
+        hold_zero=hold_zero, on_step=on_step, progress=progress, curve_examples=curve_examples,
+    )  # fmt: skip

@@ -11,7 +11,10 @@ import numpy as np
 import torch
 
 from storage.errors import InvalidInput
+from storage.vocabulary import TrainEngine, parse
 from worker.svd.backend import DEVICE_ENV
+
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,14 @@ class TrainConfig:
     head_lr: float | None = None
     # Learning curve: evaluate on a held-out split every this many steps (None: only at the end).
     eval_every: int | None = None
+    # Who runs the steps: "trainer" (the Hugging Face Trainer, worker.finetune.hf_train) or
+    # "loop" (tinysub's own loop, worker.finetune.train; the paper run's ledger was made by it).
+    engine: TrainEngine = TrainEngine.TRAINER
+    # Trainer-only settings (the loop refuses them rather than ignoring them).
+    grad_accum: int = 1  # batches per optimizer step
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    gradient_checkpointing: bool = False
+    report_to: tuple[str, ...] = ()  # e.g. ("tensorboard",), ("mlflow",), ("wandb",)
 
     def __post_init__(self) -> None:
         if not self.lr > 0 or self.batch_size < 1 or self.epochs < 1 or self.max_length < 2:
@@ -47,6 +58,24 @@ class TrainConfig:
             raise InvalidInput(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise InvalidInput(f"device {self.device!r} is not auto, cpu or cuda[:N]")
+        self._check_engine()
+
+    def _check_engine(self) -> None:
+        object.__setattr__(self, "engine", parse(TrainEngine, self.engine, "engine"))
+        if self.precision not in PRECISIONS:
+            raise InvalidInput(f"precision {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.grad_accum < 1:
+            raise InvalidInput(f"grad_accum must be at least 1, got {self.grad_accum}")
+        object.__setattr__(self, "report_to", tuple(self.report_to))
+        trainer_only = {
+            "grad_accum": self.grad_accum != 1,
+            "precision": self.precision != "fp32",
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "report_to": bool(self.report_to),
+        }
+        asked = [name for name, on in trainer_only.items() if on]
+        if self.engine == TrainEngine.LOOP and asked:
+            raise InvalidInput(f"{', '.join(asked)} need engine 'trainer', not 'loop'")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -6,7 +6,9 @@ uses (`runner.run(RunSpec)`). Every run records its trajectory at every step, so
 covers the exact loss of every step and the sha256 of every encoder layer's parameters at every
 step (the store's row digests), plus the final score; the intrinsic run trains in a basis
 computed from the full run's trajectory, whose per-layer sha256 is part of its fingerprint.
-MiniLM (the experiment's model) is checked when its package is installed.
+MiniLM (the experiment's model) is checked when its package is installed. The runs go through
+the default engine, the Hugging Face Trainer, against numbers the loop recorded: the Trainer
+engine reproduces the loop's runs bit for bit.
 
 Floating-point results depend on the torch build and the CPU's kernels: on another torch
 version or CPU kernel family the exact comparison falls back to a 1e-4 relative tolerance on the
