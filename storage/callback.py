@@ -35,6 +35,26 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+SHARDED = (
+    "the trajectory callback records whole parameters on the main process, but {how} shards "
+    "them across processes (gathering each row would need every rank at once). Record with "
+    "DDP, ZeRO-1/2 or one device, or save full-state checkpoints and ingest the folders "
+    "(`tinysub ingest RUN_DIR STORE`)"
+)
+
+
+def refuse_sharded(args: Any, model: torch.nn.Module | None) -> None:
+    """InvalidInput when the Trainer shards parameters (FSDP, DeepSpeed ZeRO-3, DTensor):
+    the callback would otherwise fail on shapes, or record one shard as if it were the model."""
+    if getattr(args, "fsdp", None):
+        raise InvalidInput(SHARDED.format(how="FSDP"))
+    for _, p in model.named_parameters() if model is not None else ():
+        if hasattr(p, "ds_numel") or hasattr(p, "ds_id"):
+            raise InvalidInput(SHARDED.format(how="DeepSpeed ZeRO-3"))
+        if type(p).__name__ == "DTensor" or type(getattr(p, "data", None)).__name__ == "DTensor":
+            raise InvalidInput(SHARDED.format(how="a DTensor (FSDP2 / tensor parallel) layout"))
+
+
 class TrajectoryCallback(TrainerCallback):
     """Write the fine-tuning trajectory of a `Trainer`'s model into a trajectory store.
 
@@ -155,6 +175,7 @@ class TrajectoryCallback(TrainerCallback):
         model: torch.nn.Module | None = None,
         **kwargs: Any,
     ) -> None:
+        refuse_sharded(args, model)  # on every rank, so that all of them stop
         if not state.is_world_process_zero:
             return
         store = self._open(model)

@@ -155,3 +155,36 @@ def test_callback_rows_equal_the_ingested_trainer_checkpoints(tmp_path):
     assert [r.sha256 for r in saved.rows] == [r.sha256 for r in live.rows]
     assert [r.step for r in saved.rows] == [r.step for r in live.rows] == [0, 2, 4]
     assert saved.rows[1].metrics["loss"] == live.rows[1].metrics["loss"]
+
+
+def test_sharded_parameters_are_refused_clearly(tmp_path):
+    """FSDP, DeepSpeed ZeRO-3 and DTensor layouts shard the parameters: the callback says so
+    on every rank before recording anything, instead of failing on shapes or recording a shard."""
+    from types import SimpleNamespace
+
+    from storage.callback import refuse_sharded
+
+    cb = TrajectoryCallback(str(tmp_path / "traj"), every=1)
+    state = SimpleNamespace(is_world_process_zero=False, global_step=0, epoch=0.0)
+    with pytest.raises(InvalidInput, match="FSDP shards them"):
+        cb.on_train_begin(SimpleNamespace(fsdp="full_shard"), state, None, model=model())
+    zero3 = model()
+    zero3.classifier.weight.ds_numel = zero3.classifier.weight.numel()  # as ZeRO-3 marks them
+    with pytest.raises(InvalidInput, match="DeepSpeed ZeRO-3"):
+        refuse_sharded(SimpleNamespace(fsdp=""), zero3)
+    assert not TrajectoryStore.exists(str(tmp_path / "traj"))
+
+    dist = torch.distributed
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0, world_size=1)
+    try:
+        from torch.distributed.tensor import distribute_tensor, init_device_mesh
+
+        mesh = init_device_mesh("cpu", (1,))
+        dtensor = model()
+        w = dtensor.classifier.weight
+        dtensor.classifier.weight = torch.nn.Parameter(distribute_tensor(w.detach(), mesh))
+        with pytest.raises(InvalidInput, match="DTensor"):
+            refuse_sharded(SimpleNamespace(fsdp=""), dtensor)
+    finally:
+        dist.destroy_process_group()
+    refuse_sharded(SimpleNamespace(fsdp=""), model())  # a plain model records
