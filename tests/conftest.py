@@ -4,6 +4,14 @@ unless TINYSUB_ALLOW_SKIPS allows it (tests/promised.py)."""
 
 from __future__ import annotations
 
+import os
+
+# No test may reach the Hugging Face Hub (CI has no internet, and a lookup that waits on an
+# unreachable network hangs the suite). Any Hub request that slips through goes to a closed
+# loopback port and fails at once, as a connection error, like an offline machine; set before
+# huggingface_hub is first imported, since it reads the endpoint then.
+os.environ.setdefault("HF_ENDPOINT", "http://127.0.0.1:9")
+
 import numpy as np
 import pytest
 
