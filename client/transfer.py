@@ -153,32 +153,50 @@ def _fetch(
 
 
 def write_hashed(blocks: Iterator[bytes], f, h, bar) -> None:
-    """Write and hash blocks on a second thread while this one receives the next: socket reads,
-    file writes and sha256 all release the GIL, so the two overlap (about 2x on loopback)."""
-    pending: queue.Queue = queue.Queue(maxsize=16)
+    """Receive, write and hash as a three-stage pipeline: while this thread receives block i+1, a
+    second writes block i and a third hashes block i-1. Socket reads, file writes and sha256 all
+    release the GIL, so the stages overlap (hashing and writing in one thread capped loopback
+    pulls at the speed of the two summed). `bar(n)` counts a block once it is both written and
+    hashed, in order: a resumed download trusts exactly those bytes."""
     failed: list[BaseException] = []
+    written: queue.Queue = queue.Queue(maxsize=16)
+    received: queue.Queue = queue.Queue(maxsize=16)
 
-    def sink() -> None:
-        while (block := pending.get()) is not None:
-            if failed:
-                continue  # keep draining so the receiver never blocks on a full queue
-            try:
-                f.write(block)
-                h.update(block)
-                bar(len(block))
-            except BaseException as exc:  # noqa: BLE001 - re-raised on the receiving thread
-                failed.append(exc)
+    def stage(inbox: queue.Queue, work: Callable[[bytes], object], outbox: queue.Queue | None):
+        def run() -> None:
+            broken = False  # after its own failure a stage drains its inbox so no one blocks
+            while (block := inbox.get()) is not None:
+                if broken:
+                    continue
+                try:
+                    work(block)
+                except BaseException as exc:  # noqa: BLE001 - re-raised on the receiver
+                    failed.append(exc)
+                    broken = True
+                    continue
+                if outbox is not None:  # only what this stage finished goes on
+                    outbox.put(block)
+            if outbox is not None:
+                outbox.put(None)
 
-    worker = threading.Thread(target=sink, name="tinysub-download-sink", daemon=True)
-    worker.start()
+        return threading.Thread(target=run, name="tinysub-download-sink", daemon=True)
+
+    def hash_block(block: bytes) -> None:
+        h.update(block)
+        bar(len(block))
+
+    threads = [stage(received, f.write, written), stage(written, hash_block, None)]
+    for t in threads:
+        t.start()
     try:
         for block in blocks:
-            pending.put(block)
+            received.put(block)
             if failed:
                 break
     finally:
-        pending.put(None)
-        worker.join()
+        received.put(None)
+        for t in threads:
+            t.join()
     if failed:
         raise failed[0]
 

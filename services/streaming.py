@@ -9,12 +9,13 @@ and at most `max_concurrent_uploads` of them are received at a time.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import re
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -90,21 +91,37 @@ def _shown(header: str) -> str:
 SEND_BYTES = 1 << 20
 
 
-def sliced(blocks: Iterator[bytes], size: int = SEND_BYTES) -> Iterator[memoryview]:
-    """Hand the server at most `size` bytes at a time (views, no copies): it then waits for the
-    socket to drain between slices instead of buffering a whole store chunk for the client."""
-    for block in blocks:
-        view = memoryview(block)
-        for a in range(0, len(view), size):
-            yield view[a : a + size]
+Bytes = bytes | memoryview
 
 
-def prefetched(blocks: Iterator[bytes]) -> Iterator[bytes]:
+async def read_ahead(blocks: Iterator[Bytes], size: int = SEND_BYTES) -> AsyncIterator[memoryview]:
+    """Send each block while the next one is read on a worker thread (reading from the store and
+    writing to the socket overlap), handing the server at most `size` bytes at a time (views, no
+    copies): it then waits for the socket to drain between slices instead of buffering a whole
+    store chunk for the client."""
+    loop = asyncio.get_running_loop()
+
+    def take() -> Bytes | None:
+        return next(blocks, None)
+
+    pending = loop.create_task(run_in_threadpool(take))
+    try:
+        while (block := await pending) is not None:
+            pending = loop.create_task(run_in_threadpool(take))
+            view = memoryview(block)
+            for a in range(0, len(view), size):
+                yield view[a : a + size]
+    finally:
+        # A client that went away: the read in flight finishes on its thread, unused.
+        pending.cancel()
+
+
+def prefetched(blocks: Iterator[Bytes]) -> Iterator[Bytes]:
     """Read the first block before the response starts, so a failing store (a corrupt first
     chunk, a missing array) becomes an error response instead of a truncated body."""
     first = next(blocks, None)
 
-    def gen() -> Iterator[bytes]:
+    def gen() -> Iterator[Bytes]:
         if first is not None:
             yield first
         yield from blocks

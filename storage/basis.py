@@ -28,6 +28,7 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
+from storage.chunk_bytes import iter_layer_bytes, plain_chunks
 from storage.errors import (
     Conflict,
     InvalidInput,
@@ -301,14 +302,22 @@ class BasisStore:
 
     def iter_bytes(
         self, name: str, start: int = 0, stop: int | None = None, block_bytes: int = 1 << 22
-    ) -> Iterator[bytes]:
-        """The layer's C-order float32 bytes in [start, stop), read a few chunks at a time."""
+    ) -> Iterator[bytes | memoryview]:
+        """The layer's C-order float32 bytes in [start, stop): a stored chunk at a time, straight
+        from its object where the chunks are plain bytes + crc32c (as this module writes them),
+        else decoded by zarr `block_bytes` at a time."""
         info = self.layer(name)
         stop = info.nbytes if stop is None else stop
         if not 0 <= start <= stop <= info.nbytes:
             raise InvalidInput(
                 f"byte range [{start}, {stop}) is outside layer {name!r} of {info.nbytes} bytes"
             )
+        arr = self._array(name)
+        if plain_chunks(arr):
+            yield from iter_layer_bytes(
+                self.loc, name, arr, start, stop, lambda: self.loc.exists(MANIFEST)
+            )
+            return
         row_bytes = 4 * info.rank
         rows_per_block = max(
             info.chunk_rows, block_bytes // row_bytes // info.chunk_rows * info.chunk_rows

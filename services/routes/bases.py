@@ -38,7 +38,7 @@ from services.schemas import (
     Slug,
 )
 from services.security import SLUG_PATTERN
-from services.streaming import etag_matches, parse_range, prefetched, quote_etag, sliced
+from services.streaming import etag_matches, parse_range, prefetched, quote_etag, read_ahead
 from services.trajectories import get_task
 from storage.basis import BasisStore
 from storage.errors import Conflict, NotFound, StorageError
@@ -188,7 +188,7 @@ def _layer_response(
         raise StorageError(f"the stored manifest of {basis.url} disagrees with the registry")
     blocks = store.iter_bytes(layer, start, stop, block_bytes=registry.settings.stream_block_bytes)
     return StreamingResponse(
-        sliced(prefetched(blocks)),
+        read_ahead(prefetched(blocks)),
         status_code=status,
         headers=headers,
         media_type="application/octet-stream",

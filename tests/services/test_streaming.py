@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 
 from services.errors import RangeNotSatisfiable
-from services.streaming import etag_matches, parse_range, prefetched
+from services.streaming import etag_matches, parse_range, prefetched, read_ahead
 
 
 @pytest.mark.parametrize(
@@ -56,3 +59,36 @@ def test_prefetched_reads_first_block_eagerly():
 
     with pytest.raises(OSError):
         prefetched(broken())
+
+
+def test_read_ahead_slices_and_reads_the_next_block_while_sending():
+    read = [threading.Event() for _ in range(3)]
+
+    def blocks():
+        for i in range(3):
+            read[i].set()
+            yield bytes([i]) * 5
+
+    async def consume():
+        out = []
+        async for view in read_ahead(blocks(), size=2):
+            i = bytes(view)[0]
+            if i < 2:  # while block i is sent, block i+1 is read (without read-ahead: a hang)
+                assert await asyncio.to_thread(read[i + 1].wait, 10)
+            out.append(bytes(view))
+        return out
+
+    want = [bytes([i]) * n for i in range(3) for n in (2, 2, 1)]
+    assert asyncio.run(consume()) == want
+
+
+def test_read_ahead_raises_a_later_blocks_error():
+    def blocks():
+        yield b"ok"
+        raise OSError("corrupt chunk")
+
+    async def consume():
+        return [bytes(v) async for v in read_ahead(blocks())]
+
+    with pytest.raises(OSError, match="corrupt chunk"):
+        asyncio.run(consume())
