@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import google_crc32c
 import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec
+from zarr.core.metadata import ArrayV3Metadata
 
 from storage.errors import NotFound, StorageError
 from storage.objects import Location
@@ -31,6 +32,8 @@ _CRC_BYTES = 4
 
 def plain_chunks(arr: AnyArray) -> bool:
     """Whether the array's chunks are its raw little-endian bytes plus a crc32c, row-chunked."""
+    if not isinstance(arr.metadata, ArrayV3Metadata):
+        return False
     codecs = tuple(arr.metadata.codecs)
     return (
         len(codecs) == 2
