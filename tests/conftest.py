@@ -22,6 +22,12 @@ from tests.promised import (  # noqa: F401 (hooks, found here by name)
     pytest_runtest_makereport,
     pytest_terminal_summary,
 )
+from tests.xdist_scheduling import make_scheduler
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadfile` that cannot deadlock after a worker dies (tests/xdist_scheduling.py)."""
+    return make_scheduler(config, log)
 
 
 @pytest.fixture

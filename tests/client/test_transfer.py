@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from client.transfer import write_hashed
+from client.transfer import coalesced, write_hashed
 
 
 def test_blocks_are_written_and_hashed_in_order():
@@ -48,3 +48,15 @@ def test_a_failed_receive_stops_the_pipeline():
     with pytest.raises(ConnectionError):
         write_hashed(blocks(), f, h, counted.append)
     assert f.getvalue() == b"a" * 10 and counted == [10]
+
+
+def test_pieces_are_joined_and_a_broken_body_keeps_what_arrived():
+    def body():
+        yield from (b"x" * 300 for _ in range(7))
+        raise ConnectionError("cut")
+
+    got = []
+    with pytest.raises(ConnectionError):
+        for block in coalesced(body(), size=1000):
+            got.append(len(block))
+    assert got == [1200, 900]  # every received byte handed on, the last 900 before the error

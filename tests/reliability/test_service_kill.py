@@ -75,9 +75,13 @@ def test_sigkill_during_basis_jobs(tmp_path):
             time.sleep(0.01)
         length = time.monotonic() - t0
         assert job.status == "succeeded", job.data
-        for _round in range(3):
+        # Until two kills landed mid-computation (the job was run again), at most 8 rounds: on a
+        # loaded machine job lengths vary, so a kill after the job ended shortens the next wait.
+        rounds, rerun, scale = 0, 0, 1.0
+        while rerun < 2 and rounds < 8:
+            rounds += 1
             job = _until_running(c.compute_basis("big", "task", rank=5))
-            time.sleep(rng.uniform(0.1, 0.8) * length)
+            time.sleep(rng.uniform(0.1, 0.8) * length * scale)
             seen.append(job.refresh().progress.get("phase") or job.status)
             server.kill()
             check_registry(server.data_dir, settled=False)
@@ -87,9 +91,12 @@ def test_sigkill_during_basis_jobs(tmp_path):
             pulled = c.pull_basis("big", "task", version=done.basis["version"])
             assert {n: p.read_bytes() for n, p in pulled.files.items()} == want
             counts = check_registry(server.data_dir)
-        assert counts["ready"] == 4 and counts["jobs"] == 4
-        # The kills landed mid-computation: those jobs were run again.
-        assert sum(j.attempts >= 2 for j in c.jobs(limit=10)) >= 2, seen
+            if done.attempts >= 2:
+                rerun += 1
+            else:
+                scale /= 2
+        assert counts["ready"] == rounds + 1 and counts["jobs"] == rounds + 1
+        assert rerun == 2, seen  # the kills landed mid-computation: those jobs ran again
     finally:
         server.stop()
     print("killed in phases:", seen)
