@@ -28,7 +28,7 @@ import numpy.typing as npt
 import zarr
 from zarr.codecs import BytesCodec, Crc32cCodec
 
-from storage.chunk_bytes import iter_layer_bytes, plain_chunks
+from storage.chunk_bytes import iter_layer_bytes, plain_chunks, write_layer_rows
 from storage.errors import (
     Conflict,
     InvalidInput,
@@ -100,6 +100,17 @@ def _open_array(loc: Location, name: str, *, read_only: bool) -> AnyArray:
     return zarr.open_array(
         zarr_store(loc, read_only=read_only), path=name, mode="r" if read_only else "r+"
     )
+
+
+def write_rows(loc: Location, name: str, start: int, block: npt.NDArray[np.float32]) -> None:
+    """V rows [start, start + len(block)) of one layer of an uncommitted basis: whole stored
+    chunks written straight (storage/chunk_bytes.py) where the layer is plain bytes + crc32c,
+    else through zarr."""
+    arr = _open_array(loc, name, read_only=False)
+    if plain_chunks(arr):
+        write_layer_rows(loc, name, arr, start, block)
+    else:
+        arr[start : start + block.shape[0], :] = block
 
 
 class BasisWriter:

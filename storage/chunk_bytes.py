@@ -13,15 +13,18 @@ back to the array route.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import google_crc32c
 import numpy as np
 from zarr.codecs import BytesCodec, Crc32cCodec
 from zarr.core.metadata import ArrayV3Metadata
 
-from storage.errors import NotFound, StorageError
+from storage.errors import InvalidInput, NotFound, StorageError
 from storage.objects import Location
 
 if TYPE_CHECKING:
@@ -106,3 +109,55 @@ def _read_chunk(
             "does not match its crc32c"
         )
     return payload
+
+
+def write_layer_rows(loc: Location, name: str, arr: AnyArray, start: int, block: Any) -> None:
+    """Rows [start, start + len(block)) of a plain-chunk layer, written as whole chunk objects:
+    the rows' little-endian bytes, zero rows past the array's end in an edge chunk, then the
+    crc32c of all that, exactly what zarr stores for them. Each object is written to a temporary
+    name and renamed into place, as zarr does. The block must cover whole chunks (the last one
+    may end at the array's end), which pass 2's column blocks do by construction.
+
+    Why not zarr's own write: it runs every chunk's encode (an `np.append` copy for the crc),
+    an all-fill-value check and the file write on one I/O thread shared by all workers; here
+    each worker writes its own chunks."""
+    rows, rank = arr.shape
+    chunk_rows = arr.chunks[0]
+    stop = start + block.shape[0]
+    if block.ndim != 2 or block.shape[1] != rank:
+        raise InvalidInput(f"rows of layer {name!r} have {rank} columns, got shape {block.shape}")
+    if start % chunk_rows or not (stop % chunk_rows == 0 or stop == rows) or stop > rows:
+        raise InvalidInput(
+            f"rows [{start}, {stop}) of layer {name!r} do not cover whole chunks of {chunk_rows}"
+        )
+    data = np.ascontiguousarray(block, dtype="<f4")
+    for r0 in range(start, stop, chunk_rows):
+        piece = data[r0 - start : min(r0 + chunk_rows, stop) - start]
+        parts: list[Any] = [piece.reshape(-1).view("B")]
+        if len(piece) < chunk_rows:  # an edge chunk is stored at full shape, padded with 0.0
+            parts.append(np.zeros((chunk_rows - len(piece)) * rank * 4, dtype="B"))
+        crc = 0
+        for part in parts:
+            crc = google_crc32c.extend(crc, part)
+        parts.append(np.frombuffer(crc.to_bytes(_CRC_BYTES, "little"), "B"))
+        key = arr.metadata.encode_chunk_key((r0 // chunk_rows, 0))
+        _put_object(loc, f"{name}/{key}", parts)
+
+
+def _put_object(loc: Location, key: str, parts: list[Any]) -> None:
+    """One object, atomically; an OSError (a full disk: ENOSPC) goes to the caller as it is."""
+    path = loc.path(key)
+    if not loc.is_local:  # an object store's PUT is atomic
+        loc.fs.pipe_file(path, b"".join(bytes(p) for p in parts))
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    try:
+        with open(tmp, "wb") as f:
+            for part in parts:
+                f.write(part)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from storage.basis import _open_array, layer_sha256
+from storage.basis import layer_sha256, write_rows
 from storage.errors import Conflict, InvalidInput, storage_error
 from storage.objects import Location
 from storage.trajectory import TrajectoryStore
@@ -151,8 +151,9 @@ def project_block(task: ProjectTask) -> int:
     for out in task.outputs:
         loc = Location.from_url(out.url, json.loads(out.storage_options_json))
         try:
-            arr = _open_array(loc, task.block.group, read_only=False)
-            arr[task.block.start : task.block.stop, :] = v[:, out.col0 : out.col0 + out.rank]
+            write_rows(
+                loc, task.block.group, task.block.start, v[:, out.col0 : out.col0 + out.rank]
+            )
         except OSError as exc:  # a full disk is the caller's to fix, not a worker crash
             raise storage_error(f"writing V rows to {out.url} failed", exc) from exc
         written += 4 * v.shape[0] * out.rank
