@@ -148,7 +148,7 @@ def _put_object(loc: Location, key: str, parts: list[Any]) -> None:
     """One object, atomically; an OSError (a full disk: ENOSPC) goes to the caller as it is."""
     path = loc.path(key)
     if not loc.is_local:  # an object store's PUT is atomic
-        loc.fs.pipe_file(path, b"".join(bytes(p) for p in parts))
+        loc.fs.pipe_file(path, b"".join(parts))
         return
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{uuid.uuid4().hex}.partial"
